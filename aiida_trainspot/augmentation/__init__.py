@@ -1,0 +1,1 @@
+"""Pure (AiiDA-free) dataset augmentation: supercells, distortions, clusters, slabs, alloys."""

@@ -1,0 +1,175 @@
+"""Vectorised sanity checks of a batch of frames (no AiiDA import).
+
+Every check works on whole columns at once: a dataset of 100 000 frames is
+validated in about a second, where one ``ase.neighborlist`` call per frame would
+take minutes. Problems are reported with the index of the frame they concern.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .columns import LABEL_COLUMNS, Columns
+
+#: Atoms closer than this (Å) are "on top of each other": an input error.
+MIN_DISTANCE = 0.1
+MAX_ATOMIC_NUMBER = 118
+_MAX_REPORTED = 10
+
+
+class FrameValidationError(ValueError):
+    """A batch of frames holds values a dataset must not store."""
+
+
+def validate_columns(columns: Columns, min_distance: float = MIN_DISTANCE) -> None:
+    """Raise :class:`FrameValidationError` naming every bad frame (first ten shown)."""
+    problems: list[tuple[int, str]] = []
+    problems += _check_elements(columns)
+    problems += _check_finite(columns)
+    problems += _check_periodic_cell(columns)
+    if not problems and min_distance > 0:
+        problems += _check_overlaps(columns, min_distance)
+    if problems:
+        problems.sort()
+        shown = '; '.join(f'frame {i}: {message}' for i, message in problems[:_MAX_REPORTED])
+        more = len(problems) - _MAX_REPORTED
+        suffix = f' (and {more} more problems)' if more > 0 else ''
+        raise FrameValidationError(f'invalid frames: {shown}{suffix}')
+
+
+def _frame_of_atom(columns: Columns) -> np.ndarray:
+    return np.repeat(np.arange(columns.n_frames), columns.n_atoms)
+
+
+def _check_elements(columns: Columns) -> list[tuple[int, str]]:
+    numbers = columns.atom['numbers']
+    bad = (numbers < 1) | (numbers > MAX_ATOMIC_NUMBER)
+    if not bad.any():
+        return []
+    frames = _frame_of_atom(columns)[bad]
+    return [
+        (int(f), f'unknown element with atomic number {int(z)}')
+        for f, z in zip(frames, numbers[bad], strict=True)
+    ]
+
+
+def _check_finite(columns: Columns) -> list[tuple[int, str]]:
+    problems = []
+    frame_of_atom = None
+    for name in ('positions', 'cell', *LABEL_COLUMNS):
+        if name in columns.frame:
+            values, per_atom = columns.frame[name], False
+        elif name in columns.atom:
+            values, per_atom = columns.atom[name], True
+        else:
+            continue
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if per_atom:
+            if frame_of_atom is None:
+                frame_of_atom = _frame_of_atom(columns)
+            bad_frames = np.unique(frame_of_atom[~finite])
+        else:
+            bad_frames = np.flatnonzero(~finite)
+        mask = columns.mask(name)
+        problems += [(int(f), f'non-finite {name}') for f in bad_frames if mask[f]]
+    return problems
+
+
+def _check_periodic_cell(columns: Columns) -> list[tuple[int, str]]:
+    lengths = np.linalg.norm(columns.frame['cell'], axis=2)
+    bad = columns.frame['pbc'] & (lengths < 1e-6)
+    return [
+        (int(f), f'axis {int(a)} is periodic but its cell vector has zero length')
+        for f, a in zip(*np.nonzero(bad), strict=True)
+    ]
+
+
+def _perpendicular_widths(cells: np.ndarray) -> np.ndarray:
+    """Distance between opposite faces of each cell, per axis (inf where degenerate)."""
+    volume = np.abs(np.linalg.det(cells))
+    widths = np.full((len(cells), 3), np.inf)
+    for axis in range(3):
+        other = np.cross(cells[:, (axis + 1) % 3], cells[:, (axis + 2) % 3])
+        area = np.linalg.norm(other, axis=1)
+        ok = area > 1e-12
+        widths[ok, axis] = volume[ok] / area[ok]
+    return widths
+
+
+def _check_overlaps(columns: Columns, min_distance: float) -> list[tuple[int, str]]:
+    """Find atom pairs closer than ``min_distance``, periodic images included.
+
+    All frames go into one k-d tree, each shifted far from the others. Periodic
+    frames are wrapped into their cell and the few atoms within ``min_distance`` of
+    a face get a ghost copy across it, so one ``query_pairs`` sees every image pair.
+    """
+    if columns.n_frames == 0:
+        return []
+    frame_of_atom = _frame_of_atom(columns)
+    positions = columns.atom['positions']
+    cells = columns.frame['cell']
+    pbc = columns.frame['pbc']
+    periodic_frames = pbc.any(axis=1) & (np.abs(np.linalg.det(cells)) > 1e-12)
+    atom_periodic = periodic_frames[frame_of_atom]
+    points = positions.copy()
+    points_frame = frame_of_atom
+    points_atom = np.arange(len(positions))
+    if atom_periodic.any():
+        sel = np.flatnonzero(atom_periodic)
+        sel_cells = cells[frame_of_atom[sel]]
+        frac = np.linalg.solve(np.transpose(sel_cells, (0, 2, 1)), positions[sel][..., None])[
+            ..., 0
+        ]
+        sel_pbc = pbc[frame_of_atom[sel]]
+        frac = np.where(sel_pbc, frac % 1.0, frac)
+        points[sel] = np.einsum('ni,nij->nj', frac, sel_cells)
+        margin = min_distance / _perpendicular_widths(cells)[frame_of_atom[sel]]
+        ghosts = [
+            (points[sel] + np.einsum('i,nij->nj', np.array(s, float), sel_cells), sel, keep)
+            for s, keep in _ghost_shifts(frac, margin, sel_pbc)
+        ]
+        if ghosts:
+            points = np.concatenate([points, *[g[0][g[2]] for g in ghosts]])
+            points_atom = np.concatenate([points_atom, *[g[1][g[2]] for g in ghosts]])
+            points_frame = frame_of_atom[points_atom]
+    # place frames side by side along x, far enough apart never to interact
+    lo = np.full(columns.n_frames, np.inf)
+    hi = np.full(columns.n_frames, -np.inf)
+    np.minimum.at(lo, points_frame, points[:, 0])
+    np.maximum.at(hi, points_frame, points[:, 0])
+    width = np.where(np.isfinite(hi - lo), hi - lo, 0.0) + 10 * min_distance + 1.0
+    start = np.concatenate([[0.0], np.cumsum(width)[:-1]])
+    shifted = points.copy()
+    shifted[:, 0] += (start - lo)[points_frame]
+    pairs = cKDTree(shifted).query_pairs(min_distance, output_type='ndarray')
+    problems = {}
+    offsets = columns.offsets
+    for p, q in pairs:
+        frame = int(points_frame[p])
+        i, j = sorted((int(points_atom[p] - offsets[frame]), int(points_atom[q] - offsets[frame])))
+        distance = float(np.linalg.norm(shifted[p] - shifted[q]))
+        problems.setdefault((frame, i, j), distance)
+    return [
+        (frame, f'atoms {i} and {j} are {d:.3f} Å apart (closer than {min_distance} Å)')
+        for (frame, i, j), d in sorted(problems.items())
+    ]
+
+
+def _ghost_shifts(frac: np.ndarray, margin: np.ndarray, pbc: np.ndarray):
+    """Yield (shift, mask) for the 26 image shifts of atoms near the matching faces."""
+    near_low = pbc & (frac < margin)
+    near_high = pbc & (frac > 1.0 - margin)
+    for shift in itertools.product((-1, 0, 1), repeat=3):
+        if shift == (0, 0, 0):
+            continue
+        keep = np.ones(len(frac), dtype=bool)
+        for axis, s in enumerate(shift):
+            if s == 1:
+                keep &= near_low[:, axis]
+            elif s == -1:
+                keep &= near_high[:, axis]
+        if keep.any():
+            yield shift, keep
