@@ -153,11 +153,12 @@ class PESData(orm.Data):
         return super().store(*args, **kwargs)
 
     def _sources(self) -> dict[str, Source]:
-        repository = self.base.repository
-        return {
-            name: (lambda key=_shard_key(name): repository.open(key, 'rb'))
-            for name in self._frame_store().index.shards
-        }
+        """Openers of this node's shards, by shard name, for datasets derived from it."""
+        return {name: self._shard_opener(name) for name in self._frame_store().index.shards}
+
+    def _shard_opener(self, name: str) -> Source:
+        key = _shard_key(name)
+        return lambda: self.base.repository.open(key, 'rb')
 
     def _derive(self, index: DatasetIndex, sources: Mapping[str, Source]) -> PESData:
         # bypass __init__ (which writes a shard of its own) but run the Node constructor
