@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,39 +40,133 @@ def full_stress(voigt: np.ndarray) -> np.ndarray:
     )
 
 
-def frames_from_atoms(
+class _Accumulator:
+    """Collects frames one by one with minimal per-frame work; checks in bulk at the end."""
+
+    def __init__(self) -> None:
+        self.numbers: list[np.ndarray] = []
+        self.positions: list[np.ndarray] = []
+        self.cells: list[Any] = []
+        self.pbcs: list[Any] = []
+        self.labels: dict[str, list[Any]] = {name: [] for name in LABEL_COLUMNS}
+        self.info: dict[str, dict[int, Any]] = {}
+        self.extra: dict[str, dict[int, np.ndarray]] = {}
+
+    def add(self, numbers, positions, cell, pbc, energy, forces, stress, info, arrays) -> None:
+        index = len(self.numbers)
+        self.numbers.append(numbers)
+        self.positions.append(positions)
+        self.cells.append(cell)
+        self.pbcs.append(pbc)
+        self.labels['energy'].append(energy)
+        self.labels['forces'].append(forces)
+        self.labels['stress'].append(stress)
+        for key, value in info.items():
+            self.info.setdefault(key, {})[index] = value
+        for key, value in arrays.items():
+            self.extra.setdefault(key, {})[index] = value
+
+    def finish(self) -> Columns:
+        n_frames = len(self.numbers)
+        n_atoms = np.fromiter(map(len, self.numbers), dtype=np.int64, count=n_frames)
+        columns = Columns(n_atoms=n_atoms)
+        if n_frames == 0:
+            return _empty_structure(columns)
+        empty = np.flatnonzero(n_atoms == 0)
+        if empty.size:
+            raise ValueError(f'frame {int(empty[0])}: a frame must hold at least one atom')
+        columns.atom['numbers'] = np.concatenate(self.numbers).astype(np.int64, copy=False)
+        columns.atom['positions'] = _stack_per_atom(self.positions, n_atoms, 'positions')
+        columns.frame['cell'] = _stack_cells(self.cells)
+        columns.frame['pbc'] = np.array(
+            [np.broadcast_to(np.asarray(p, dtype=bool), (3,)) for p in self.pbcs], dtype=bool
+        ).reshape(n_frames, 3)
+        _add_labels(columns, self.labels)
+        for key, values in self.info.items():
+            _check_not_reserved(key, 'info')
+            for index, value in values.items():
+                values[index] = normalise_metadata_value(key, value, f'frame {index}')
+            array, mask = build_column(
+                key, [values.get(i) for i in range(n_frames)], f'info[{key!r}]'
+            )
+            columns.frame[key] = array
+            if not mask.all():
+                columns.present[key] = mask
+        for key, values in self.extra.items():
+            _check_not_reserved(key, 'arrays')
+            for index, value in values.items():
+                values[index] = np.asarray(value)
+                rows = values[index].shape[:1]
+                if rows != (n_atoms[index],):
+                    raise ValueError(
+                        f'frame {index}: per-atom array {key!r} has {rows} rows, not {n_atoms[index]}'
+                    )
+            _add_extra_atom_column(columns, key, values)
+        return columns
+
+
+def _stack_per_atom(parts: list[Any], n_atoms: np.ndarray, name: str) -> np.ndarray:
+    """Concatenate per-frame (n, 3) arrays, naming the first frame of the wrong shape."""
+    try:
+        stacked = np.concatenate(parts).astype(float, copy=False)
+    except ValueError:
+        stacked = None
+    if stacked is None or stacked.shape != (int(n_atoms.sum()), 3):
+        for index, (part, n) in enumerate(zip(parts, n_atoms, strict=True)):
+            shape = np.shape(part)
+            if shape != (n, 3):
+                raise ValueError(f'frame {index}: {name} must have shape ({n}, 3), got {shape}')
+    return stacked
+
+
+def _stack_cells(cells: list[Any]) -> np.ndarray:
+    try:
+        return np.array(cells, dtype=float).reshape(len(cells), 3, 3)
+    except ValueError:
+        for index, cell in enumerate(cells):
+            if np.size(cell) != 9:
+                raise ValueError(
+                    f'frame {index}: cell must be 3x3, got shape {np.shape(cell)}'
+                ) from None
+        raise
+
+
+def columns_from_atoms(
     frames: Iterable[Atoms],
     energy_key: str | None = None,
     forces_key: str | None = None,
     stress_key: str | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Yield frame dictionaries from ``ase.Atoms``.
+) -> Columns:
+    """Stack ``ase.Atoms`` into :class:`Columns`.
 
     Labels come from ``atoms.info[energy_key]``, ``atoms.arrays[forces_key]`` and
     ``atoms.info[stress_key]`` when those keys are given, otherwise from the results of
     an attached calculator (e.g. a ``SinglePointCalculator``). Other ``info`` entries
     become metadata columns and other per-atom ``arrays`` become per-atom columns.
     """
+    accumulator = _Accumulator()
     label_info_keys = {energy_key, stress_key} - {None}
-    for atoms in frames:
+    skip_arrays = {'numbers', 'positions', forces_key}
+    for position, atoms in enumerate(frames):
         if not isinstance(atoms, Atoms):
-            raise TypeError(f'expected ase.Atoms, got {type(atoms).__name__}')
+            raise TypeError(f'frame {position}: expected ase.Atoms, got {type(atoms).__name__}')
         results = getattr(atoms.calc, 'results', None) or {}
         arrays = atoms.arrays
-        record = {
-            'numbers': arrays['numbers'],
-            'positions': arrays['positions'],
-            'cell': atoms.cell.array,
-            'pbc': atoms.pbc,
-            'energy': atoms.info.get(energy_key) if energy_key else results.get('energy'),
-            'forces': arrays.get(forces_key) if forces_key else results.get('forces'),
-            'stress': atoms.info.get(stress_key) if stress_key else results.get('stress'),
-            'info': {k: v for k, v in atoms.info.items() if k not in label_info_keys},
-            'arrays': {
-                k: v for k, v in arrays.items() if k not in ('numbers', 'positions', forces_key)
-            },
-        }
-        yield record
+        info = atoms.info
+        if label_info_keys:
+            info = {k: v for k, v in info.items() if k not in label_info_keys}
+        accumulator.add(
+            arrays['numbers'],
+            arrays['positions'],
+            atoms.cell.array,
+            atoms.pbc,
+            atoms.info.get(energy_key) if energy_key else results.get('energy'),
+            arrays.get(forces_key) if forces_key else results.get('forces'),
+            atoms.info.get(stress_key) if stress_key else results.get('stress'),
+            info,
+            {k: v for k, v in arrays.items() if k not in skip_arrays} if len(arrays) > 2 else {},
+        )
+    return accumulator.finish()
 
 
 def columns_from_frames(records: Iterable[Mapping[str, Any]]) -> Columns:
@@ -83,66 +177,25 @@ def columns_from_frames(records: Iterable[Mapping[str, Any]]) -> Columns:
     (``None`` or absent = not labelled), and optional ``info`` (metadata) and
     ``arrays`` (extra per-atom columns).
     """
-    numbers: list[np.ndarray] = []
-    positions: list[np.ndarray] = []
-    cells: list[np.ndarray] = []
-    pbcs: list[np.ndarray] = []
-    labels: dict[str, list[Any]] = {name: [] for name in LABEL_COLUMNS}
-    info: dict[str, dict[int, Any]] = {}
-    extra: dict[str, dict[int, np.ndarray]] = {}
+    accumulator = _Accumulator()
     for index, record in enumerate(records):
-        where = f'frame {index}'
         unknown = set(record) - FRAME_KEYS
         if unknown:
             raise ValueError(
-                f'{where}: unknown keys {sorted(unknown)}; allowed {sorted(FRAME_KEYS)}'
+                f'frame {index}: unknown keys {sorted(unknown)}; allowed {sorted(FRAME_KEYS)}'
             )
-        frame_numbers = np.asarray(record['numbers']).reshape(-1)
-        n = frame_numbers.shape[0]
-        if n == 0:
-            raise ValueError(f'{where}: a frame must hold at least one atom')
-        frame_positions = np.asarray(record['positions'], dtype=float)
-        if frame_positions.shape != (n, 3):
-            raise ValueError(
-                f'{where}: positions must have shape ({n}, 3), got {frame_positions.shape}'
-            )
-        numbers.append(frame_numbers)
-        positions.append(frame_positions)
-        cells.append(np.asarray(record.get('cell', np.zeros((3, 3))), dtype=float).reshape(3, 3))
-        pbcs.append(np.broadcast_to(np.asarray(record.get('pbc', False), dtype=bool), (3,)))
-        labels['energy'].append(_energy(record.get('energy'), where))
-        labels['forces'].append(_forces(record.get('forces'), n, where))
-        stress = record.get('stress')
-        labels['stress'].append(None if stress is None else voigt_stress(stress, where))
-        for key, value in (record.get('info') or {}).items():
-            info.setdefault(key, {})[index] = normalise_metadata_value(key, value, where)
-        for key, value in (record.get('arrays') or {}).items():
-            array = np.asarray(value)
-            if array.shape[:1] != (n,):
-                raise ValueError(
-                    f'{where}: per-atom array {key!r} has {array.shape[:1]} rows, not {n}'
-                )
-            extra.setdefault(key, {})[index] = array
-    n_frames = len(numbers)
-    n_atoms = np.fromiter((len(x) for x in numbers), dtype=np.int64, count=n_frames)
-    columns = Columns(n_atoms=n_atoms)
-    if n_frames == 0:
-        return _empty_structure(columns)
-    columns.atom['numbers'] = np.concatenate(numbers).astype(np.int64)
-    columns.atom['positions'] = np.concatenate(positions)
-    columns.frame['cell'] = np.stack(cells)
-    columns.frame['pbc'] = np.stack(pbcs)
-    _add_labels(columns, labels)
-    for key, values in info.items():
-        _check_not_reserved(key, 'info')
-        array, mask = build_column(key, [values.get(i) for i in range(n_frames)], f'info[{key!r}]')
-        columns.frame[key] = array
-        if not mask.all():
-            columns.present[key] = mask
-    for key, values in extra.items():
-        _check_not_reserved(key, 'arrays')
-        _add_extra_atom_column(columns, key, values)
-    return columns
+        accumulator.add(
+            np.asarray(record['numbers']).reshape(-1),
+            np.asarray(record['positions'], dtype=float),
+            record.get('cell', np.zeros((3, 3))),
+            record.get('pbc', False),
+            record.get('energy'),
+            record.get('forces'),
+            record.get('stress'),
+            record.get('info') or {},
+            record.get('arrays') or {},
+        )
+    return accumulator.finish()
 
 
 def _empty_structure(columns: Columns) -> Columns:
@@ -170,42 +223,44 @@ def _energy(value: Any, where: str) -> float | None:
     return float(array.reshape(()))
 
 
-def _forces(value: Any, n_atoms: int, where: str) -> np.ndarray | None:
-    if value is None:
-        return None
-    array = np.asarray(value, dtype=float)
-    if array.shape != (n_atoms, 3):
-        raise ValueError(f'{where}: forces must have shape ({n_atoms}, 3), got {array.shape}')
-    return array
-
-
 def _add_labels(columns: Columns, labels: dict[str, list[Any]]) -> None:
     n_frames = columns.n_frames
-    energy_mask = np.array([e is not None for e in labels['energy']], dtype=bool)
+    energies = labels['energy']
+    energy_mask = np.fromiter((e is not None for e in energies), dtype=bool, count=n_frames)
     if energy_mask.any():
-        energies = np.full(n_frames, np.nan)
-        energies[energy_mask] = [e for e in labels['energy'] if e is not None]
-        columns.frame['energy'] = energies
+        values = np.full(n_frames, np.nan)
+        for index in np.flatnonzero(energy_mask):
+            values[index] = _energy(energies[index], f'frame {index}')
+        columns.frame['energy'] = values
         if not energy_mask.all():
             columns.present['energy'] = energy_mask
-    stress_mask = np.array([s is not None for s in labels['stress']], dtype=bool)
+    stresses = labels['stress']
+    stress_mask = np.fromiter((s is not None for s in stresses), dtype=bool, count=n_frames)
     if stress_mask.any():
-        stresses = np.full((n_frames, 6), np.nan)
-        stresses[stress_mask] = np.stack([s for s in labels['stress'] if s is not None])
-        columns.frame['stress'] = stresses
+        values = np.full((n_frames, 6), np.nan)
+        chosen = [stresses[i] for i in np.flatnonzero(stress_mask)]
+        try:
+            values[stress_mask] = np.array(chosen, dtype=float).reshape(len(chosen), 6)
+        except ValueError:
+            for index in np.flatnonzero(stress_mask):
+                values[index] = voigt_stress(stresses[index], f'frame {index}')
+        columns.frame['stress'] = values
         if not stress_mask.all():
             columns.present['stress'] = stress_mask
-    forces_mask = np.array([f is not None for f in labels['forces']], dtype=bool)
+    forces = labels['forces']
+    forces_mask = np.fromiter((f is not None for f in forces), dtype=bool, count=n_frames)
     if forces_mask.any():
-        if forces_mask.all():
-            columns.atom['forces'] = np.concatenate(labels['forces'])
-        else:
-            columns.atom['forces'] = np.concatenate(
-                [
-                    f if f is not None else np.full((n, 3), np.nan)
-                    for f, n in zip(labels['forces'], columns.n_atoms, strict=True)
-                ]
-            )
+        for index in np.flatnonzero(forces_mask):
+            shape = np.shape(forces[index])
+            n = columns.n_atoms[index]
+            if shape != (n, 3):
+                raise ValueError(f'frame {index}: forces must have shape ({n}, 3), got {shape}')
+        parts = [
+            f if f is not None else np.full((n, 3), np.nan)
+            for f, n in zip(forces, columns.n_atoms, strict=True)
+        ]
+        columns.atom['forces'] = np.concatenate(parts).astype(float, copy=False)
+        if not forces_mask.all():
             columns.present['forces'] = forces_mask
 
 

@@ -19,7 +19,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from .columns import LABEL_COLUMNS, STRESS_CONVENTION, STRUCTURE_COLUMNS, UNITS, Columns
-from .convert import atoms_from_columns, columns_from_frames, frame_records, frames_from_atoms
+from .convert import atoms_from_columns, columns_from_atoms, columns_from_frames, frame_records
 from .splits import DEFAULT_FRACTIONS, SPLITS, UNASSIGNED, assign_splits
 from .store import (
     FORMAT_VERSION,
@@ -87,8 +87,8 @@ class PESData(orm.Data):
         ``atoms.info[energy_key]``, ``atoms.arrays[forces_key]``, ``atoms.info[stress_key]``.
         Other ``info`` entries become metadata columns, other ``arrays`` per-atom columns.
         """
-        records = frames_from_atoms(atoms_list, energy_key, forces_key, stress_key)
-        return cls(columns_from_frames(records), validate=validate)
+        columns = columns_from_atoms(atoms_list, energy_key, forces_key, stress_key)
+        return cls(columns, validate=validate)
 
     @classmethod
     def from_frames(cls, records: Iterable[Mapping[str, Any]], *, validate: bool = True) -> PESData:

@@ -18,6 +18,7 @@ from .columns import LABEL_COLUMNS, Columns
 MIN_DISTANCE = 0.1
 MAX_ATOMIC_NUMBER = 118
 _MAX_REPORTED = 10
+_OVERLAP_BLOCK = 20000
 
 
 class FrameValidationError(ValueError):
@@ -31,7 +32,20 @@ def validate_columns(columns: Columns, min_distance: float = MIN_DISTANCE) -> No
     problems += _check_finite(columns)
     problems += _check_periodic_cell(columns)
     if not problems and min_distance > 0:
-        problems += _check_overlaps(columns, min_distance)
+        # frames never interact: check them in blocks to bound the temporary memory
+        offsets = columns.offsets
+        for start in range(0, columns.n_frames, _OVERLAP_BLOCK):
+            block = np.arange(start, min(start + _OVERLAP_BLOCK, columns.n_frames))
+            part = Columns(
+                n_atoms=columns.n_atoms[block],
+                frame={k: columns.frame[k][block] for k in ('cell', 'pbc')},
+                atom={
+                    'positions': columns.atom['positions'][
+                        offsets[block[0]] : offsets[block[-1] + 1]
+                    ]
+                },
+            )
+            problems += [(start + i, message) for i, message in _check_overlaps(part, min_distance)]
     if problems:
         problems.sort()
         shown = '; '.join(f'frame {i}: {message}' for i, message in problems[:_MAX_REPORTED])
@@ -119,21 +133,25 @@ def _check_overlaps(columns: Columns, min_distance: float) -> list[tuple[int, st
     points_atom = np.arange(len(positions))
     if atom_periodic.any():
         sel = np.flatnonzero(atom_periodic)
-        sel_cells = cells[frame_of_atom[sel]]
-        frac = np.linalg.solve(np.transpose(sel_cells, (0, 2, 1)), positions[sel][..., None])[
-            ..., 0
-        ]
-        sel_pbc = pbc[frame_of_atom[sel]]
+        frame_of_sel = frame_of_atom[sel]
+        inverse = np.zeros_like(cells)
+        inverse[periodic_frames] = np.linalg.inv(cells[periodic_frames])
+        frac = np.einsum('ni,nij->nj', positions[sel], inverse[frame_of_sel])
+        sel_pbc = pbc[frame_of_sel]
         frac = np.where(sel_pbc, frac % 1.0, frac)
-        points[sel] = np.einsum('ni,nij->nj', frac, sel_cells)
-        margin = min_distance / _perpendicular_widths(cells)[frame_of_atom[sel]]
-        ghosts = [
-            (points[sel] + np.einsum('i,nij->nj', np.array(s, float), sel_cells), sel, keep)
-            for s, keep in _ghost_shifts(frac, margin, sel_pbc)
-        ]
-        if ghosts:
-            points = np.concatenate([points, *[g[0][g[2]] for g in ghosts]])
-            points_atom = np.concatenate([points_atom, *[g[1][g[2]] for g in ghosts]])
+        points[sel] = np.einsum('ni,nij->nj', frac, cells[frame_of_sel])
+        margin = min_distance / _perpendicular_widths(cells)[frame_of_sel]
+        ghost_points, ghost_atoms = [], []
+        for shift, keep in _ghost_shifts(frac, margin, sel_pbc):
+            chosen = sel[keep]
+            offset = np.einsum(
+                'i,nij->nj', np.array(shift, dtype=float), cells[frame_of_atom[chosen]]
+            )
+            ghost_points.append(points[chosen] + offset)
+            ghost_atoms.append(chosen)
+        if ghost_points:
+            points = np.concatenate([points, *ghost_points])
+            points_atom = np.concatenate([points_atom, *ghost_atoms])
             points_frame = frame_of_atom[points_atom]
     # place frames side by side along x, far enough apart never to interact
     lo = np.full(columns.n_frames, np.inf)
@@ -144,7 +162,8 @@ def _check_overlaps(columns: Columns, min_distance: float) -> list[tuple[int, st
     start = np.concatenate([[0.0], np.cumsum(width)[:-1]])
     shifted = points.copy()
     shifted[:, 0] += (start - lo)[points_frame]
-    pairs = cKDTree(shifted).query_pairs(min_distance, output_type='ndarray')
+    tree = cKDTree(shifted, balanced_tree=False, compact_nodes=False)
+    pairs = tree.query_pairs(min_distance, output_type='ndarray')
     problems = {}
     offsets = columns.offsets
     for p, q in pairs:
