@@ -99,7 +99,8 @@ class _Accumulator:
                 rows = values[index].shape[:1]
                 if rows != (n_atoms[index],):
                     raise ValueError(
-                        f'frame {index}: per-atom array {key!r} has {rows} rows, not {n_atoms[index]}'
+                        f'frame {index}: per-atom array {key!r} has {rows} rows, '
+                        f'not {n_atoms[index]}'
                     )
             _add_extra_atom_column(columns, key, values)
         return columns

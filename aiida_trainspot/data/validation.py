@@ -27,6 +27,8 @@ class FrameValidationError(ValueError):
 
 def validate_columns(columns: Columns, min_distance: float = MIN_DISTANCE) -> None:
     """Raise :class:`FrameValidationError` naming every bad frame (first ten shown)."""
+    if columns.n_frames == 0:
+        return
     problems: list[tuple[int, str]] = []
     problems += _check_elements(columns)
     problems += _check_finite(columns)
