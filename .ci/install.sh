@@ -11,7 +11,8 @@ cd "$root"
 venv="${TRAINSPOT_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 
-debian_packages=(quantum-espresso quantum-espresso-data lammps openmpi-bin)
+# postgresql and rabbitmq-server: the production services the `services` tests exercise
+debian_packages=(quantum-espresso quantum-espresso-data lammps openmpi-bin postgresql rabbitmq-server)
 
 log() { printf '[install] %s\n' "$*"; }
 

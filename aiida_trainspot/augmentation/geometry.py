@@ -27,9 +27,9 @@ __all__ = [
     'minimum_distance',
     'nearest_neighbour_distances',
     'pad_vacuum',
-    'perpendicular_widths',
     'periodic_basis',
     'periodic_widths',
+    'perpendicular_widths',
     'unit_normals',
 ]
 
@@ -97,13 +97,15 @@ def _orthogonal_unit_vector(vectors: np.ndarray, preferred: int) -> np.ndarray:
     return residuals[best] / norms[best]
 
 
+def _reciprocal(cell: np.ndarray) -> np.ndarray:
+    """Rows b_i with b_i . a_j = delta_ij: b_i is normal to a_j and a_k, |b_i| = 1 / width_i."""
+    return np.linalg.inv(np.asarray(cell, dtype=float)).T
+
+
 def unit_normals(cell: np.ndarray) -> np.ndarray:
     """Unit normal of the plane spanned by the other two vectors, oriented like each vector."""
-    normals = np.array([np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]) for i in range(3)])
-    normals /= np.linalg.norm(normals, axis=1)[:, None]
-    signs = np.sign(np.einsum('ij,ij->i', normals, cell))
-    signs[signs == 0] = 1.0
-    return normals * signs[:, None]
+    reciprocal = _reciprocal(cell)
+    return reciprocal / np.linalg.norm(reciprocal, axis=1)[:, None]
 
 
 def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
@@ -112,11 +114,7 @@ def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
     This, not the vector length, is what bounds the distance to a periodic image in a skewed
     cell, so it is the quantity to compare against minimum-image or vacuum requirements.
     """
-    volume = abs(np.linalg.det(cell))
-    areas = np.array(
-        [np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)]
-    )
-    return volume / areas
+    return 1.0 / np.linalg.norm(_reciprocal(cell), axis=1)
 
 
 def periodic_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -184,7 +182,8 @@ def _periodic_query(frac: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff:
     images = (frac[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
     # Only images within ``cutoff`` of the home cell can be anyone's nearest neighbour.
     margin = cutoff / widths
-    keep = np.all((images >= -margin) | ~pbc, axis=1) & np.all((images <= 1 + margin) | ~pbc, axis=1)
+    inside = ((images >= -margin) & (images <= 1 + margin)) | ~pbc
+    keep = np.all(inside, axis=1)
     points = images[keep] @ cell
     home = frac @ cell
     distances, _ = cKDTree(points).query(home, k=2, distance_upper_bound=cutoff)

@@ -1,0 +1,343 @@
+"""Test harness: temporary AiiDA profiles, a localhost computer and the codes of the project.
+
+Profiles
+--------
+* Default, for every test: ``core.sqlite_dos`` storage with the ``core.zeromq`` broker, which needs
+  no server (aiida-core >= 2.9; what ``verdi presto --use-zeromq`` sets up). It is the upstream
+  ``aiida_profile`` fixture of ``aiida.tools.pytest_fixtures`` with only the broker changed; the
+  upstream ``run_aiida_broker_service`` fixture runs the ZeroMQ broker service for the session and
+  ``daemon_client`` / ``started_daemon_client`` / ``submit_and_await`` work as documented upstream.
+* Services, for tests marked ``services``: ``core.psql_dos`` on PostgreSQL with ``core.rabbitmq``.
+  See ``aiida_services_profile`` below.
+
+Everything AiiDA writes goes to temporary folders: ``AIIDA_PATH`` is set below before anything
+imports AiiDA, and the session's configuration folder lives in pytest's ``tmp_path_factory``.
+
+pytest-xdist (``-n N``) works: each worker is its own session with its own configuration folder,
+profiles, ZeroMQ broker service, database, virtual host and daemons.
+"""
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import warnings
+
+import pytest  # Neither these nor pytest import AiiDA: the environment can still be set.
+
+_OWN_AIIDA_PATH = None
+if not os.environ.get('AIIDA_PATH'):
+    # Before any AiiDA import: nothing may create ``~/.aiida``. The fixtures below then switch to a
+    # configuration folder of their own; this one only catches what would run before them.
+    _OWN_AIIDA_PATH = tempfile.mkdtemp(prefix='aiida-trainspot-test-')
+    os.makedirs(os.path.join(_OWN_AIIDA_PATH, '.aiida'))
+    os.environ['AIIDA_PATH'] = _OWN_AIIDA_PATH
+
+# The daemon runs `verdi`, found on PATH: make it this interpreter's even when the virtual
+# environment is not activated (``.venv/bin/pytest``).
+if os.path.dirname(sys.executable) not in os.environ.get('PATH', '').split(os.pathsep):
+    os.environ['PATH'] = os.pathsep.join([os.path.dirname(sys.executable), os.environ['PATH']])
+
+pytest_plugins = ['aiida.tools.pytest_fixtures']
+
+if _OWN_AIIDA_PATH:
+    atexit.register(shutil.rmtree, _OWN_AIIDA_PATH, ignore_errors=True)
+
+
+def pytest_configure(config):
+    # Upstream's configuration fixtures announce each temporary configuration folder they create.
+    config.addinivalue_line(
+        'filterwarnings', 'ignore:Creating AiiDA configuration folder:UserWarning'
+    )
+    # aiida-core validates the links of a process node before adding it to the SQLAlchemy session,
+    # which warns on every process function launched (aiida-core 2.9.4); not ours to fix.
+    config.addinivalue_line(
+        'filterwarnings',
+        'ignore:Object of type <DbNode> not in session:sqlalchemy.exc.SAWarning',
+    )
+
+
+def _load_services_module():
+    """Import ``tests/services.py`` by path: works whether or not ``tests`` is a package."""
+    name = 'aiida_trainspot_tests_services'
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, pathlib.Path(__file__).with_name('services.py')
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+services = _load_services_module()
+
+PW_EXECUTABLE = os.environ.get('TRAINSPOT_TEST_PW', '/usr/bin/pw.x')
+LAMMPS_EXECUTABLE = os.environ.get('TRAINSPOT_TEST_LMP', '/usr/bin/lmp')
+MPIRUN_COMMAND = ['/usr/bin/mpirun', '--allow-run-as-root', '-np', '{tot_num_mpiprocs}']
+TEST_EMAIL = 'test@localhost'
+
+
+# --------------------------------------------------------------------------------------------------
+# Default profile: SQLite + ZeroMQ.
+
+
+@pytest.fixture(scope='session', autouse=True)
+def aiida_profile(aiida_config, aiida_profile_factory):
+    """Return the default test profile: ``core.sqlite_dos`` storage and the ``core.zeromq`` broker.
+
+    Overrides the upstream fixture only to add the broker (upstream defines none, so no daemon).
+    Session-scoped and loaded for every test; ``aiida_profile_clean`` empties it for one test.
+    """
+    with aiida_profile_factory(aiida_config, broker_backend='core.zeromq') as profile:
+        yield profile
+
+
+# --------------------------------------------------------------------------------------------------
+# Services profile: PostgreSQL + RabbitMQ.
+#
+# Why in-process profile switching (and not a subprocess): aiida-core's own fixtures switch profiles
+# in one process (``aiida_profile_factory`` / ``profile_context(..., allow_switch=True)``), and the
+# manager closes the storage session, the broker connection and the runner on each switch, so a
+# test marked ``services`` can use the ORM, ``submit`` and the other fixtures exactly like any other
+# test. The switch is function-scoped and always undone (try/finally), so no other test ever sees
+# the PostgreSQL profile. The profile itself (database, role, vhost) is created once per session and
+# lives in the same temporary configuration folder as the default profile, which stays the default
+# (``verdi`` in a subprocess still sees the SQLite profile unless given ``-p``).
+
+
+def _services_unavailable(reason: str):
+    """Skip (loudly) or, with ``TRAINSPOT_REQUIRE_SERVICES=1``, fail: the servers are missing."""
+    message = f'SERVICES UNAVAILABLE, tests marked `services` cannot run: {reason}'
+    if os.environ.get('TRAINSPOT_REQUIRE_SERVICES', '') not in ('', '0'):
+        pytest.fail(message, pytrace=False)
+    warnings.warn(message, pytest.PytestWarning, stacklevel=2)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope='session')
+def aiida_services_profile(aiida_config, tmp_path_factory):
+    """Return a ``core.psql_dos`` + ``core.rabbitmq`` profile on a fresh database and vhost.
+
+    Starts PostgreSQL / RabbitMQ when they are down; skips with the reason when that fails, or
+    when the database cannot be created (fails instead if ``TRAINSPOT_REQUIRE_SERVICES=1``). Not
+    loaded here: tests marked ``services`` get it loaded automatically (``_load_services_profile``).
+    At the end of the session its daemon is stopped, the profile removed from the config, the
+    database and role dropped, and the vhost deleted.
+    """
+    from aiida.manage import get_manager
+    from aiida.manage.configuration import create_profile
+
+    try:
+        services.ensure_postgres()
+        services.ensure_rabbitmq()
+    except services.ServiceUnavailableError as exception:
+        _services_unavailable(str(exception))
+    try:
+        storage_config = services.create_database()
+    except Exception as exception:
+        _services_unavailable(f'PostgreSQL is up but creating a test database failed: {exception}')
+    name = f'services-{storage_config["database_name"]}'
+    vhost = None
+    try:
+        # A vhost of our own, deleted with its queues at the end; if rabbitmqctl cannot make one,
+        # the default vhost does: AiiDA names its queues after the profile's UUID.
+        vhost = services.create_vhost()
+        broker_config = {**services.rmq_params(), 'broker_virtual_host': vhost or ''}
+        storage_config['repository_uri'] = tmp_path_factory.mktemp('psql-repository').as_uri()
+        profile = create_profile(
+            aiida_config,
+            storage_backend='core.psql_dos',
+            storage_config=storage_config,
+            broker_backend='core.rabbitmq',
+            broker_config=broker_config,
+            name=name,
+            email=TEST_EMAIL,
+            is_test_profile=True,
+        )
+        profile.set_option('warnings.development_version', False)
+        # Debian 12's RabbitMQ 3.10 has a consumer timeout (30 min) that breaks long workflows;
+        # the tests are short, so the warning aiida-core prints on every connection is noise here.
+        profile.set_option('warnings.rabbitmq_version', False)
+        aiida_config.update_profile(profile)
+        aiida_config.store()
+        yield profile
+    finally:
+        from aiida.engine.daemon.client import DaemonException, get_daemon_client
+
+        if name in aiida_config.profile_names:
+            try:
+                client = get_daemon_client(name)
+                if client.is_daemon_running:
+                    client.stop_daemon(wait=True)
+            except DaemonException:
+                pass
+            manager = get_manager()
+            if manager.get_profile() is not None and manager.get_profile().name == name:
+                manager.unload_profile()
+            aiida_config.remove_profile(name)
+            aiida_config.store()
+        services.drop_database(storage_config['database_name'], storage_config['database_username'])
+        if vhost:
+            services.delete_vhost(vhost)
+
+
+@pytest.fixture(autouse=True)
+def _load_services_profile(request):
+    """Load the PostgreSQL + RabbitMQ profile for the duration of each test marked ``services``.
+
+    Autouse, so it runs before the test's other function-scoped fixtures: computers, codes and
+    nodes they create land in the services profile.
+    """
+    if request.node.get_closest_marker('services') is None:
+        yield None
+        return
+
+    from aiida.manage import get_manager
+
+    profile = request.getfixturevalue('aiida_services_profile')
+    manager = get_manager()
+    previous = manager.get_profile()
+    manager.load_profile(profile, allow_switch=True)
+    try:
+        yield profile
+    finally:
+        if previous is not None:
+            manager.load_profile(previous, allow_switch=True)
+        else:
+            manager.unload_profile()
+
+
+@pytest.fixture(scope='session')
+def services_daemon_client(aiida_services_profile):
+    """Return the daemon client of the services profile; its daemon is stopped after the session."""
+    from aiida.engine.daemon.client import DaemonNotRunningException, get_daemon_client
+
+    client = get_daemon_client(aiida_services_profile.name)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(DaemonNotRunningException):
+            client.stop_daemon(wait=True)
+
+
+@pytest.fixture
+def started_daemon_client(request):
+    """Return a running daemon's client for the profile loaded in this test.
+
+    Overrides the upstream fixture (which ``submit_and_await`` uses) so that tests marked
+    ``services`` get the services profile's daemon; other tests get upstream's ``daemon_client``.
+    Daemons are stopped at the end of the session, not after each test.
+    """
+    if request.node.get_closest_marker('services') is None:
+        client = request.getfixturevalue('daemon_client')
+    else:
+        client = request.getfixturevalue('services_daemon_client')
+    if not client.is_daemon_running:
+        client.start_daemon()
+        assert client.is_daemon_running
+    return client
+
+
+# --------------------------------------------------------------------------------------------------
+# Computer and codes. Function-scoped get-or-create (one query when they exist): they stay valid
+# after ``aiida_profile_clean`` empties the storage and in tests that run on the services profile.
+
+
+@pytest.fixture(scope='session')
+def aiida_localhost_workdir(tmp_path_factory):
+    """Return the folder in which the localhost computer runs calculations (one per session)."""
+    return tmp_path_factory.mktemp('aiida-workdir')
+
+
+@pytest.fixture
+def aiida_localhost(aiida_localhost_workdir):
+    """Return the configured ``localhost`` computer (overrides the upstream fixture).
+
+    ``core.local`` transport, ``core.direct`` scheduler, OpenMPI's ``mpirun`` (as root too), one MPI
+    process per machine by default, ``OMP_NUM_THREADS=1``, safe interval 0 and the work directory in
+    the session's temporary folder. Upstream fixtures such as ``aiida_code_installed`` use it too.
+    """
+    from aiida.common.exceptions import NotExistent
+    from aiida.orm import Computer
+
+    try:
+        computer = Computer.collection.get(label='localhost')
+    except NotExistent:
+        computer = Computer(
+            label='localhost',
+            hostname='localhost',
+            description='localhost for the aiida-trainspot tests',
+            transport_type='core.local',
+            scheduler_type='core.direct',
+            workdir=str(aiida_localhost_workdir),
+        )
+        computer.set_mpirun_command(MPIRUN_COMMAND)
+        computer.set_prepend_text('export OMP_NUM_THREADS=1')
+        computer.set_default_mpiprocs_per_machine(1)
+        computer.set_minimum_job_poll_interval(0.0)
+        computer.store()
+    if not computer.is_configured:
+        computer.configure(safe_interval=0.0)
+    return computer
+
+
+@pytest.fixture
+def code_factory(aiida_localhost):
+    """Return ``factory(label, filepath, plugin, **kwargs)`` giving an InstalledCode on localhost.
+
+    Gets the code ``label@localhost`` if it exists (it must then have the same executable and
+    plugin, else ``ValueError``), creates and stores it otherwise. ``kwargs`` go to
+    ``InstalledCode`` (e.g. ``with_mpi``, ``prepend_text``) when the code is created.
+    """
+    from aiida.common.exceptions import NotExistent
+    from aiida.orm import InstalledCode, QueryBuilder
+
+    def factory(label: str, filepath: str, plugin: str | None = None, **kwargs) -> InstalledCode:
+        query = QueryBuilder().append(
+            InstalledCode, filters={'label': label, 'dbcomputer_id': aiida_localhost.pk}
+        )
+        try:
+            code = query.one()[0]
+        except NotExistent:
+            code = InstalledCode(
+                label=label,
+                computer=aiida_localhost,
+                filepath_executable=str(filepath),
+                default_calc_job_plugin=plugin,
+                **kwargs,
+            )
+            return code.store()
+        if str(code.filepath_executable) != str(filepath) or code.default_calc_job_plugin != plugin:
+            raise ValueError(
+                f'code {label}@localhost exists with {code.filepath_executable} and plugin '
+                f'{code.default_calc_job_plugin}, not {filepath} and {plugin}'
+            )
+        return code
+
+    return factory
+
+
+def _executable(path: str, variable: str) -> str:
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.fail(
+            f'{path} is not an executable: install it (.ci/install.sh) or point {variable} to it',
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture
+def pw_code(code_factory):
+    """Return the Quantum ESPRESSO ``pw.x`` code (``quantumespresso.pw``) on localhost."""
+    return code_factory('pw', _executable(PW_EXECUTABLE, 'TRAINSPOT_TEST_PW'), 'quantumespresso.pw')
+
+
+@pytest.fixture
+def lammps_code(code_factory):
+    """Return the LAMMPS ``lmp`` code (``lammps.base``) on localhost."""
+    return code_factory('lmp', _executable(LAMMPS_EXECUTABLE, 'TRAINSPOT_TEST_LMP'), 'lammps.base')
