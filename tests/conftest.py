@@ -341,3 +341,19 @@ def pw_code(code_factory):
 def lammps_code(code_factory):
     """Return the LAMMPS ``lmp`` code (``lammps.base``) on localhost."""
     return code_factory('lmp', _executable(LAMMPS_EXECUTABLE, 'TRAINSPOT_TEST_LMP'), 'lammps.base')
+
+
+def runner_path(name: str) -> str:
+    """Absolute path of one of the package's console scripts in this environment."""
+    path = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+    if path is None:
+        pytest.fail(f'{name} is not installed: run `pip install --no-deps -e .`')
+    return path
+
+
+@pytest.fixture
+def ase_code(code_factory):
+    """The ``trainspot-ase-label`` runner of this environment as an InstalledCode on localhost."""
+    return code_factory(
+        'trainspot-ase-label', runner_path('trainspot-ase-label'), 'trainspot.ase.label'
+    )

@@ -18,7 +18,15 @@ from aiida import orm
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from .columns import LABEL_COLUMNS, STRESS_CONVENTION, STRUCTURE_COLUMNS, UNITS, Columns
+from .columns import (
+    KNOWN_KINDS,
+    KNOWN_SHAPES,
+    LABEL_COLUMNS,
+    STRESS_CONVENTION,
+    STRUCTURE_COLUMNS,
+    UNITS,
+    Columns,
+)
 from .convert import atoms_from_columns, columns_from_atoms, columns_from_frames, frame_records
 from .splits import DEFAULT_FRACTIONS, SPLITS, UNASSIGNED, assign_splits
 from .store import (
@@ -325,6 +333,14 @@ class PESData(orm.Data):
             batch.present[name] = np.asarray(mask, dtype=bool).reshape(len(frames))
         if not batch.names:
             raise ValueError('no columns given')
+        for column in batch.names:  # a label of the wrong shape must not define a new column
+            spec = batch.spec(column)
+            known = (KNOWN_KINDS.get(column), KNOWN_SHAPES.get(column))
+            if known[0] and ((spec.kind, spec.shape) != known or spec.dtype == 'str'):
+                raise ValueError(
+                    f'column {column!r} takes per-{known[0]} numbers of shape {known[1]}, '
+                    f'got per-{spec.kind} {spec.dtype} of shape {spec.shape}'
+                )
         if validate:
             check = Columns(
                 n_atoms=base.n_atoms,
@@ -332,7 +348,7 @@ class PESData(orm.Data):
                 atom={**base.atom, **batch.atom},
                 present=batch.present,
             )
-            validate_columns(check, min_distance=0)
+            validate_columns(check, min_distance=0, frame_numbers=frames)
         data = shard_bytes(batch)
         name = content_name(data)
         specs = {column: batch.spec(column) for column in batch.names}

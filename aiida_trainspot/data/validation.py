@@ -8,6 +8,7 @@ take minutes. Problems are reported with the index of the frame they concern.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -25,8 +26,13 @@ class FrameValidationError(ValueError):
     """A batch of frames holds values a dataset must not store."""
 
 
-def validate_columns(columns: Columns, min_distance: float = MIN_DISTANCE) -> None:
-    """Raise :class:`FrameValidationError` naming every bad frame (first ten shown)."""
+def validate_columns(
+    columns: Columns, min_distance: float = MIN_DISTANCE, frame_numbers: Any = None
+) -> None:
+    """Raise :class:`FrameValidationError` naming every bad frame (first ten shown).
+
+    ``frame_numbers[i]`` is the number the message gives frame ``i`` (default ``i``).
+    """
     if columns.n_frames == 0:
         return
     problems: list[tuple[int, str]] = []
@@ -50,7 +56,10 @@ def validate_columns(columns: Columns, min_distance: float = MIN_DISTANCE) -> No
             problems += [(start + i, message) for i, message in _check_overlaps(part, min_distance)]
     if problems:
         problems.sort()
-        shown = '; '.join(f'frame {i}: {message}' for i, message in problems[:_MAX_REPORTED])
+        number = (lambda i: i) if frame_numbers is None else (lambda i: int(frame_numbers[i]))
+        shown = '; '.join(
+            f'frame {number(i)}: {message}' for i, message in problems[:_MAX_REPORTED]
+        )
         more = len(problems) - _MAX_REPORTED
         suffix = f' (and {more} more problems)' if more > 0 else ''
         raise FrameValidationError(f'invalid frames: {shown}{suffix}')

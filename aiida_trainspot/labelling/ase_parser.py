@@ -1,0 +1,128 @@
+"""``AseLabelParser`` (``trainspot.ase.label``): the labels file into datasets.
+
+Outputs ``labelled`` (the input frames that were labelled, with their labels, every
+input column kept), ``failed`` (the frames that failed, with ``failure_reason`` and
+``exit_status``) and ``summary``; see :class:`.ase_calculation.AseLabelCalculation`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from aiida import orm
+from aiida.engine import ExitCode
+from aiida.parsers import Parser
+
+from aiida_trainspot.data.columns import Columns
+from aiida_trainspot.data.pesdata import PESData
+
+from .ase_engine import ERROR_COLUMN, LABELS_FILE, SETUP_FAILED, STDERR_FILE, read_shard
+
+__all__ = ('AseLabelParser',)
+
+FAILURE_REASON = 'failure_reason'
+EXIT_STATUS = 'exit_status'
+_STDERR_TAIL = 2000
+
+
+class AseLabelParser(Parser):
+    """Parse ``labels.h5`` of an :class:`~.ase_calculation.AseLabelCalculation`."""
+
+    def parse(self, **kwargs) -> ExitCode | None:
+        """Attach ``labelled``, ``failed`` and ``summary``; return an exit code on failure."""
+        names = self.retrieved.base.repository.list_object_names()
+        if LABELS_FILE not in names:
+            stderr = self._stderr(names)
+            setup = [line for line in stderr.splitlines() if line.startswith(SETUP_FAILED)]
+            if setup:
+                detail = setup[-1][len(SETUP_FAILED) :].lstrip(': ')
+                return self.exit_codes.ERROR_CALCULATOR_SETUP.format(detail=detail)
+            detail = stderr[-_STDERR_TAIL:].strip() or 'the labeller printed nothing on stderr'
+            return self.exit_codes.ERROR_OUTPUT_MISSING.format(filename=LABELS_FILE, detail=detail)
+        dataset: PESData = self.node.inputs.dataset
+        try:
+            with self.retrieved.base.repository.open(LABELS_FILE, 'rb') as handle:
+                labels = read_shard(handle)
+            _check(labels, dataset)
+        except Exception as exc:
+            return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
+                filename=LABELS_FILE, detail=f'{type(exc).__name__}: {exc}'
+            )
+
+        errors = np.array([str(e) for e in labels.frame[ERROR_COLUMN]], dtype=object)
+        failed_mask = (errors != '') | ~labels.mask('energy') | ~labels.mask('forces')
+        errors[failed_mask & (errors == '')] = 'no energy or forces in the labels file'
+        ok = np.flatnonzero(~failed_mask)
+        bad = np.flatnonzero(failed_mask)
+        exit_code = None
+        if ok.size == 0:
+            exit_code = self.exit_codes.ERROR_ALL_FRAMES_FAILED.format(
+                n_frames=len(dataset), reason=errors[0]
+            )
+        status = exit_code.status if exit_code is not None else 0
+
+        if ok.size:
+            self.out('labelled', _labelled(dataset, labels, ok))
+        else:
+            self.out('labelled', dataset.subset(ok))
+        failed = dataset.subset(bad)
+        if bad.size:
+            failed = dataset.with_columns(
+                bad,
+                {
+                    FAILURE_REASON: errors[bad],
+                    EXIT_STATUS: np.full(bad.size, status, dtype=np.int64),
+                },
+                validate=False,
+            ).subset(bad)
+        self.out('failed', failed)
+        self.out(
+            'summary',
+            orm.Dict(
+                {
+                    'n_frames': int(labels.n_frames),
+                    'n_labelled': int(ok.size),
+                    'n_failed': int(bad.size),
+                    'n_stress': int((labels.mask('stress') & ~failed_mask).sum()),
+                    'labelled_indices': ok.tolist(),
+                    'failed_indices': bad.tolist(),
+                    'failure_reasons': {str(i): str(errors[i]) for i in bad},
+                }
+            ),
+        )
+        return exit_code
+
+    def _stderr(self, names: list[str]) -> str:
+        if STDERR_FILE not in names:
+            return ''
+        return self.retrieved.base.repository.get_object_content(STDERR_FILE, mode='r')
+
+
+def _check(labels: Columns, dataset: PESData) -> None:
+    """Raise if the labels do not belong to the frames of ``dataset``."""
+    if labels.n_frames != len(dataset):
+        raise ValueError(f'{labels.n_frames} frames labelled, the dataset has {len(dataset)}')
+    if not np.array_equal(labels.n_atoms, dataset.n_atoms_per_frame()):
+        raise ValueError('the atom counts of the labelled frames differ from the dataset')
+    missing = [n for n in ('energy', 'forces', 'stress', ERROR_COLUMN) if n not in labels.names]
+    if missing:
+        raise ValueError(f'columns {missing} are missing')
+
+
+def _labelled(dataset: PESData, labels: Columns, frames: np.ndarray) -> PESData:
+    """The frames ``frames`` of ``dataset`` with their new labels (and only those frames).
+
+    The stress is set (missing where not computed) whenever it was computed for one
+    of the frames or the dataset has a stress column already: an old stress from
+    another reference never stays next to new energies and forces.
+    """
+    chosen = labels.take(frames)
+    frame_columns = {'energy': chosen.frame['energy']}
+    present = {}
+    stress_mask = chosen.mask('stress')
+    if stress_mask.any() or 'stress' in dataset.column_names:
+        frame_columns['stress'] = np.where(stress_mask[:, None], chosen.frame['stress'], np.nan)
+        present['stress'] = stress_mask
+    updated = dataset.with_columns(
+        frames, frame_columns, {'forces': chosen.atom['forces']}, present
+    )
+    return updated.subset(frames)
