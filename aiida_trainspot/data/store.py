@@ -58,7 +58,8 @@ class CorruptDatasetError(ValueError):
 
 def write_shard(columns: Columns, target: str | IO[bytes]) -> None:
     """Write ``columns`` as one shard (HDF5) to a path or a binary file object."""
-    with h5py.File(target, 'w', track_order=False) as handle:
+    # libver='latest': compact metadata (a 1-frame shard drops from ~36 kB to ~10 kB)
+    with h5py.File(target, 'w', track_order=False, libver='latest') as handle:
         handle.attrs['format'] = SHARD_FORMAT
         handle.attrs['format_version'] = FORMAT_VERSION
         handle.attrs['units'] = json.dumps(UNITS)
@@ -90,6 +91,8 @@ def _dataset(
         return
     chunks = (min(len(values), chunk_rows), *values.shape[1:])
     options = {'compression': COMPRESSION, 'shuffle': True} if compress else {}
+    if dtype is not _STRING:
+        options['fletcher32'] = True  # a per-chunk checksum: flipped bytes fail loudly on read
     handle.create_dataset(path, data=values, dtype=dtype, chunks=chunks, **options)
 
 
@@ -167,7 +170,10 @@ class ShardReader:
                 dtype=object if h5py.check_string_dtype(dset.dtype) else dset.dtype,
             )
         lo, hi = int(rows.min()), int(rows.max()) + 1
-        block = dset.asstr()[lo:hi] if h5py.check_string_dtype(dset.dtype) else dset[lo:hi]
+        try:
+            block = dset.asstr()[lo:hi] if h5py.check_string_dtype(dset.dtype) else dset[lo:hi]
+        except OSError as exc:  # checksum mismatch, truncated chunk, ...
+            raise CorruptDatasetError(f'shard {self.name}: {path} is corrupted: {exc}') from exc
         if len(rows) == hi - lo and (rows[0] == lo) and np.all(np.diff(rows) == 1):
             return block
         return block[rows - lo]
@@ -299,7 +305,7 @@ class DatasetIndex:
     def to_bytes(self) -> bytes:
         """Serialise the index (HDF5)."""
         buffer = io.BytesIO()
-        with h5py.File(buffer, 'w') as handle:
+        with h5py.File(buffer, 'w', libver='latest') as handle:
             handle.attrs['format'] = INDEX_FORMAT
             handle.attrs['format_version'] = FORMAT_VERSION
             handle.attrs['units'] = json.dumps(UNITS)

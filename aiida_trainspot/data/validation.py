@@ -135,8 +135,8 @@ def _check_overlaps(columns: Columns, min_distance: float) -> list[tuple[int, st
         return []
     frame_of_atom = _frame_of_atom(columns)
     positions = columns.atom['positions']
-    cells = columns.frame['cell']
     pbc = columns.frame['pbc']
+    cells = _completed_cells(columns.frame['cell'], pbc)
     periodic_frames = pbc.any(axis=1) & (np.abs(np.linalg.det(cells)) > 1e-12)
     atom_periodic = periodic_frames[frame_of_atom]
     points = positions.copy()
@@ -186,6 +186,24 @@ def _check_overlaps(columns: Columns, min_distance: float) -> list[tuple[int, st
         (frame, f'atoms {i} and {j} are {d:.3f} Å apart (closer than {min_distance} Å)')
         for (frame, i, j), d in sorted(problems.items())
     ]
+
+
+def _completed_cells(cells: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Replace zero-length non-periodic cell vectors by unit vectors normal to the others.
+
+    A slab or wire stored without vacuum has such a vector; completing the cell lets
+    the periodic axes be wrapped and their images checked.
+    """
+    zero = ~pbc & (np.linalg.norm(cells, axis=2) < 1e-6)
+    todo = np.flatnonzero(zero.any(axis=1) & pbc.any(axis=1))
+    if todo.size == 0:
+        return cells
+    cells = cells.copy()
+    for pattern in np.unique(zero[todo], axis=0):
+        frames = todo[(zero[todo] == pattern).all(axis=1)]
+        basis = np.linalg.svd(cells[frames][:, ~pattern])[2]  # rows: span, then complement
+        cells[np.ix_(frames, np.flatnonzero(pattern))] = basis[:, (~pattern).sum() :]
+    return cells
 
 
 def _ghost_shifts(frac: np.ndarray, margin: np.ndarray, pbc: np.ndarray):
