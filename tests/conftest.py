@@ -357,3 +357,55 @@ def ase_code(code_factory):
     return code_factory(
         'trainspot-ase-label', runner_path('trainspot-ase-label'), 'trainspot.ase.label'
     )
+
+
+@pytest.fixture
+def mace_code(code_factory):
+    """``mace_run_train`` of this environment as an InstalledCode on localhost."""
+    return code_factory('mace_run_train', runner_path('mace_run_train'), 'trainspot.mace.train')
+
+
+@pytest.fixture
+def mtt_code(code_factory):
+    """metatrain's ``mtt`` of this environment as an InstalledCode on localhost."""
+    return code_factory('mtt', runner_path('mtt'), 'trainspot.metatrain.train')
+
+
+TERSOFF_FILE = '/usr/share/lammps/potentials/SiC.tersoff'
+
+
+def tersoff_carbon():
+    """ASE's Tersoff calculator with the carbon parameters of Debian's SiC.tersoff."""
+    from ase.calculators.tersoff import Tersoff
+
+    return Tersoff.from_lammps(TERSOFF_FILE)
+
+
+@pytest.fixture(scope='session')
+def labelled_carbon_frames():
+    """~30 small carbon frames (diamond, graphite-like, rattled and strained) with Tersoff labels.
+
+    A cheap stand-in for DFT: real energies, forces and stresses from a classical potential.
+    """
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(7)
+    calculator = tersoff_carbon()
+    frames = []
+    bases = [bulk('C', 'diamond', a=3.567), bulk('C', 'diamond', a=3.567, cubic=True)]
+    for index in range(30):
+        atoms = bases[index % 2].copy()
+        atoms.set_cell(atoms.cell * rng.uniform(0.97, 1.05), scale_atoms=True)
+        atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
+        atoms.calc = calculator
+        results = {
+            'energy': atoms.get_potential_energy(),
+            'forces': atoms.get_forces(),
+            'stress': atoms.get_stress(),
+        }
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info['generation_method'] = 'rattle'
+        frames.append(atoms)
+    return frames

@@ -1,0 +1,153 @@
+"""``PotentialModel`` (``trainspot.model``): a trained potential and what is needed to use it.
+
+The repository holds the model file under ``model/``, an optional training
+checkpoint under ``checkpoint/`` (what fine-tuning and warm starts read) and the
+files needed at load time under ``extensions/`` (e.g. metatomic's compiled
+extensions). Attributes record the engine, architecture, species, cutoff, dtype,
+seed and final metrics, so models are queryable and later stages never guess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiida import orm
+
+from .loader import DTYPES, ENGINES, load_calculator
+
+MODEL_DIR = 'model'
+CHECKPOINT_DIR = 'checkpoint'
+EXTENSIONS_DIR = 'extensions'
+
+
+class PotentialModel(orm.Data):
+    """A trained interatomic potential (MACE or metatrain) with its metadata."""
+
+    @classmethod
+    def from_files(
+        cls,
+        model_file: str | Path,
+        *,
+        engine: str,
+        architecture: str,
+        species: Sequence[str],
+        cutoff: float,
+        dtype: str,
+        seed: int | None = None,
+        checkpoint_file: str | Path | None = None,
+        extensions_dir: str | Path | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> PotentialModel:
+        """Create an (unstored) model from files on disk."""
+        if engine not in ENGINES:
+            raise ValueError(f'engine: unknown engine {engine!r}; choose one of {list(ENGINES)}')
+        if dtype not in DTYPES:
+            raise ValueError(f'dtype: unknown dtype {dtype!r}; choose one of {list(DTYPES)}')
+        model_file = Path(model_file)
+        node = cls()
+        repository = node.base.repository
+        repository.put_object_from_file(str(model_file), f'{MODEL_DIR}/{model_file.name}')
+        if checkpoint_file is not None:
+            checkpoint_file = Path(checkpoint_file)
+            repository.put_object_from_file(
+                str(checkpoint_file), f'{CHECKPOINT_DIR}/{checkpoint_file.name}'
+            )
+        if (
+            extensions_dir is not None
+            and Path(extensions_dir).is_dir()
+            and any(Path(extensions_dir).iterdir())
+        ):
+            repository.put_object_from_tree(str(extensions_dir), EXTENSIONS_DIR)
+        attributes = {
+            'engine': engine,
+            'architecture': architecture,
+            'species': sorted(set(species)),
+            'cutoff': float(cutoff),
+            'dtype': dtype,
+            'seed': seed,
+            'model_filename': model_file.name,
+            'checkpoint_filename': checkpoint_file.name if checkpoint_file is not None else None,
+            'metrics': dict(metrics or {}),
+            **dict(extra or {}),
+        }
+        for key, value in attributes.items():
+            node.base.attributes.set(key, value)
+        return node
+
+    # attributes -----------------------------------------------------------------
+    @property
+    def engine(self) -> str:
+        """'mace' or 'metatrain'."""
+        return self.base.attributes.get('engine')
+
+    @property
+    def species(self) -> list[str]:
+        """Chemical symbols the model was trained on."""
+        return list(self.base.attributes.get('species'))
+
+    @property
+    def seed(self) -> int | None:
+        """Seed of the training run."""
+        return self.base.attributes.get('seed')
+
+    @property
+    def model_filename(self) -> str:
+        """Name of the model file."""
+        return self.base.attributes.get('model_filename')
+
+    @property
+    def checkpoint_filename(self) -> str | None:
+        """Name of the checkpoint file, if one is stored."""
+        return self.base.attributes.get('checkpoint_filename')
+
+    @property
+    def has_extensions(self) -> bool:
+        """Whether load-time extension files are stored."""
+        return EXTENSIONS_DIR in self.base.repository.list_object_names()
+
+    # files ------------------------------------------------------------------------
+    def export(self, directory: str | Path) -> dict[str, Path | None]:
+        """Write the model, checkpoint and extensions into ``directory``; return their paths."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        repository = self.base.repository
+        paths: dict[str, Path | None] = {'model': None, 'checkpoint': None, 'extensions': None}
+        paths['model'] = directory / self.model_filename
+        paths['model'].write_bytes(
+            repository.get_object_content(f'{MODEL_DIR}/{self.model_filename}', 'rb')
+        )
+        if self.checkpoint_filename:
+            paths['checkpoint'] = directory / self.checkpoint_filename
+            content = repository.get_object_content(
+                f'{CHECKPOINT_DIR}/{self.checkpoint_filename}', 'rb'
+            )
+            paths['checkpoint'].write_bytes(content)
+        if self.has_extensions:
+            paths['extensions'] = directory / EXTENSIONS_DIR
+            repository.copy_tree(paths['extensions'], EXTENSIONS_DIR)
+        return paths
+
+    @contextlib.contextmanager
+    def calculator(self, device: str = 'cpu', dtype: str | None = None) -> Iterator[Any]:
+        """Yield an ASE calculator for this model (files exported to a temporary folder)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = self.export(tmp)
+            yield load_calculator(
+                self.engine,
+                paths['model'],
+                device=device,
+                dtype=dtype or self.base.attributes.get('dtype'),
+                extensions_dir=paths['extensions'],
+            )
+
+    def __str__(self) -> str:
+        attrs = self.base.attributes
+        return (
+            f'PotentialModel<{self.pk}>: {attrs.get("engine")} {attrs.get("architecture")} '
+            f'species {attrs.get("species")} seed {attrs.get("seed")}'
+        )
