@@ -144,7 +144,7 @@ class TrainingCalculation(CalcJob):
         spec.exit_code(
             302,
             'ERROR_OUT_OF_WALLTIME',
-            message='The training ran out of walltime; its checkpoints are in the `checkpoint` output.',
+            message='The training ran out of walltime; see the `checkpoint` output.',
         )
         spec.exit_code(
             303, 'ERROR_METRICS_MISSING', message='No per-epoch metrics could be read: {detail}'
