@@ -159,7 +159,7 @@ class TrainingCalculation(CalcJob):
             if unknown:
                 return f'parameters: unknown {cls.ENGINE} configuration keys {unknown}'
         model = inputs.get('initial_model')
-        if model is not None and model.engine != cls.ENGINE:
+        if model is not None and cls.ENGINE and model.engine != cls.ENGINE:
             return f'initial_model: a {model.engine} model cannot start a {cls.ENGINE} training'
         return None
 
