@@ -30,8 +30,14 @@ class TrainingMemberWorkChain(BaseRestartWorkChain):
 
     @property
     def process_class(self) -> type[TrainingCalculation]:
-        """The engine's CalcJob (the inputs persist in checkpoints, so this survives restarts)."""
-        return training_calculation(self.inputs.engine.value)
+        """The engine's CalcJob (the inputs persist in checkpoints, so this survives restarts).
+
+        Before the inputs are parsed (the constructor checks the class) it is the shared base.
+        """
+        engine = (getattr(self, 'inputs', None) or {}).get('engine')
+        if engine is None:
+            return TrainingCalculation
+        return training_calculation(engine.value)
 
     @classmethod
     def define(cls, spec):

@@ -1,0 +1,355 @@
+r"""Selection of the frames to label from calibrated committee disagreement.
+
+The steps, in order (``F`` frames, per-frame arrays of length ``F``):
+
+1. **Candidates**: frames with :math:`\delta_\alpha > \tau_\alpha` for any property
+   :math:`\alpha` that has both a threshold and a disagreement (NaN never exceeds a threshold,
+   so a property missing for a frame cannot make it a candidate).
+2. **Trust bound**: a candidate is *rejected* (recorded with its reasons, never labelled) when
+   it is unphysical or far outside what the committee knows:
+
+   - ``'too_close'``: its minimum interatomic distance is below ``min_distance`` (0.5 Å);
+   - ``'force_disagreement'``: :math:`\delta_F` above ``max_force_disagreement`` (eV/Å), by
+     default ``force_disagreement_factor`` (10) times :math:`\tau_F`;
+   - ``'large_force'``: the largest committee-mean atomic force norm above ``max_force``
+     (50 eV/Å).
+
+   Each check runs only when its input is given; the reasons are recorded for every frame.
+3. **Near-duplicate thinning**: the trusted candidates are grouped by ``run_id`` and ordered by
+   ``step`` (then by frame index). Walking through each run, a frame is *thinned* when it has the
+   same atoms as the previously kept frame of that run (same count and, when ``numbers`` is
+   given, same species in the same order) and the largest atomic displacement between them,
+   :math:`\max_i |r_i - r'_i|` (minimum image along periodic axes when ``cells`` is given), is
+   below ``min_displacement`` (0.1 Å); otherwise it is kept and becomes the reference.
+4. **Random cap**: at most ``max_selected`` (1000) of the remaining frames are drawn without
+   replacement by ``numpy.random.default_rng(seed)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from .disagreement import check_n_atoms, frame_offsets, property_arrays
+
+__all__ = [
+    'REJECTION_REASONS',
+    'SelectionResult',
+    'SelectionSettings',
+    'candidate_mask',
+    'select_frames',
+    'thin_near_duplicates',
+    'trust_violations',
+]
+
+#: Reasons a frame can be rejected by the trust bound.
+REJECTION_REASONS = ('too_close', 'force_disagreement', 'large_force')
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """Parameters of :func:`select_frames` (lengths Å, forces eV/Å); JSON round trip."""
+
+    max_selected: int | None = 1000
+    min_displacement: float = 0.1
+    min_distance: float = 0.5
+    max_force_disagreement: float | None = None
+    force_disagreement_factor: float = 10.0
+    max_force: float | None = 50.0
+
+    def __post_init__(self) -> None:
+        if self.max_selected is not None and int(self.max_selected) < 0:
+            raise ValueError(f'max_selected must be >= 0 or None, got {self.max_selected}')
+        for name in ('min_displacement', 'min_distance', 'force_disagreement_factor'):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SelectionSettings:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(
+                f'unknown selection settings {sorted(unknown)}; known: {sorted(known)}'
+            )
+        return cls(**data)
+
+
+def _indices(mask: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(mask).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class SelectionResult:
+    """Outcome of :func:`select_frames`; all index arrays are sorted frame indices.
+
+    ``rejected``, ``thinned`` and ``selected`` are disjoint subsets of ``candidates``; those
+    neither rejected, thinned nor selected were dropped by the random cap. ``reasons`` maps each
+    of :data:`REJECTION_REASONS` to an (F,) boolean array over *all* frames.
+    """
+
+    n_frames: int
+    candidates: np.ndarray
+    rejected: np.ndarray
+    thinned: np.ndarray
+    selected: np.ndarray
+    reasons: dict[str, np.ndarray]
+    seed: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Numbers of frames at each step."""
+        kept = self.candidates.size - self.rejected.size - self.thinned.size
+        return {
+            'frames': self.n_frames,
+            'candidates': int(self.candidates.size),
+            'rejected': int(self.rejected.size),
+            'thinned': int(self.thinned.size),
+            'capped': int(kept - self.selected.size),
+            'selected': int(self.selected.size),
+            **{f'rejected_{r}': int(self.reasons[r][self.rejected].sum()) for r in self.reasons},
+        }
+
+    def rejection_reasons(self, frame: int) -> list[str]:
+        """The trust-bound reasons that apply to ``frame``."""
+        return [name for name, flags in self.reasons.items() if flags[frame]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form: counts, index lists and the reasons of each rejected frame."""
+        return {
+            'seed': self.seed,
+            'counts': self.counts,
+            'candidates': self.candidates.tolist(),
+            'rejected': {str(i): self.rejection_reasons(i) for i in self.rejected.tolist()},
+            'thinned': self.thinned.tolist(),
+            'selected': self.selected.tolist(),
+        }
+
+
+def candidate_mask(disagreement: Any, thresholds: Any) -> np.ndarray:
+    """(F,) frames with δ > τ for any property present in both arguments.
+
+    :param disagreement: per-frame δ by property (a mapping or a ``Disagreement``).
+    :param thresholds: τ by property (a mapping or a ``Calibration``).
+    """
+    deltas = property_arrays(disagreement)
+    taus = _threshold_map(thresholds)
+    lengths = {v.size for v in deltas.values()}
+    if len(lengths) > 1:
+        raise ValueError(f'disagreement arrays differ in length: {sorted(lengths)}')
+    mask = np.zeros(lengths.pop() if lengths else 0, dtype=bool)
+    for name, tau in taus.items():
+        if name in deltas:
+            with np.errstate(invalid='ignore'):
+                mask |= deltas[name] > tau
+    return mask
+
+
+def _threshold_map(thresholds: Any) -> dict[str, float]:
+    if hasattr(thresholds, 'thresholds'):
+        thresholds = thresholds.thresholds
+    return {str(k): float(v) for k, v in thresholds.items()}
+
+
+def _optional_frame_array(value: Any, n_frames: int, name: str) -> np.ndarray | None:
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=float).reshape(-1)
+    if array.shape != (n_frames,):
+        raise ValueError(f'{name} must have shape ({n_frames},), got {array.shape}')
+    return array
+
+
+def trust_violations(
+    n_frames: int,
+    *,
+    force_disagreement: Any = None,
+    force_threshold: float | None = None,
+    min_distances: Any = None,
+    max_forces: Any = None,
+    settings: SelectionSettings | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-frame trust-bound violations, one (F,) boolean array per reason.
+
+    :param force_disagreement: (F,) δ_F, eV/Å.
+    :param force_threshold: τ_F, used for the default bound ``factor * τ_F``.
+    :param min_distances: (F,) minimum interatomic distance of each frame, Å.
+    :param max_forces: (F,) largest committee-mean atomic force norm, eV/Å.
+    """
+    settings = settings or SelectionSettings()
+    reasons = {name: np.zeros(n_frames, dtype=bool) for name in REJECTION_REASONS}
+    distances = _optional_frame_array(min_distances, n_frames, 'min_distances')
+    if distances is not None:
+        reasons['too_close'] = distances < settings.min_distance
+    delta_f = _optional_frame_array(force_disagreement, n_frames, 'force_disagreement')
+    bound = settings.max_force_disagreement
+    if bound is None and force_threshold is not None:
+        bound = settings.force_disagreement_factor * force_threshold
+    if delta_f is not None and bound is not None:
+        reasons['force_disagreement'] = delta_f > bound
+    forces = _optional_frame_array(max_forces, n_frames, 'max_forces')
+    if forces is not None and settings.max_force is not None:
+        reasons['large_force'] = forces > settings.max_force
+    return reasons
+
+
+def _max_displacement(
+    a: np.ndarray, b: np.ndarray, cell: np.ndarray | None, pbc: np.ndarray | None
+) -> float:
+    """max_i |b_i - a_i|, with the minimum image along the periodic axes of ``cell``."""
+    delta = b - a
+    if cell is not None and pbc is not None and np.any(pbc):
+        fractional = delta @ np.linalg.pinv(cell)
+        shift = np.where(pbc, np.round(fractional), 0.0)
+        delta = delta - shift @ cell
+    return float(np.max(np.linalg.norm(delta, axis=1))) if delta.size else 0.0
+
+
+def thin_near_duplicates(
+    frames: Any,
+    positions: Any,
+    n_atoms: Any,
+    *,
+    run_id: Any = None,
+    step: Any = None,
+    min_displacement: float = 0.1,
+    numbers: Any = None,
+    cells: Any = None,
+    pbc: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``frames`` into (kept, thinned), both sorted (rule in the module docstring).
+
+    :param frames: indices of the frames to thin (e.g. trusted candidates).
+    :param positions: (A, 3) positions of all frames, Å; ``n_atoms`` (F,) their counts.
+    :param run_id: (F,) source run of each frame (any comparable values); default: one run.
+    :param step: (F,) time step within the run; default: the frame index.
+    :param numbers: (A,) atomic numbers; frames differing in species are never duplicates.
+    :param cells: (F, 3, 3) cells and ``pbc`` (F, 3) for minimum-image displacements.
+    """
+    counts = check_n_atoms(n_atoms)
+    offsets = frame_offsets(counts)
+    n_frames = counts.size
+    frames = np.unique(np.asarray(frames, dtype=np.int64))
+    positions = np.asarray(positions, dtype=float)
+    if positions.shape != (int(offsets[-1]), 3):
+        raise ValueError(f'positions must have shape ({int(offsets[-1])}, 3)')
+    runs = np.zeros(n_frames, dtype=np.int64)
+    if run_id is not None:
+        runs = np.unique(np.asarray(run_id), return_inverse=True)[1].reshape(-1)
+    steps = np.arange(n_frames) if step is None else np.asarray(step).reshape(-1)
+    if runs.shape != (n_frames,) or steps.shape != (n_frames,):
+        raise ValueError(f'run_id and step must have shape ({n_frames},)')
+    numbers = None if numbers is None else np.asarray(numbers).reshape(-1)
+    cells = None if cells is None else np.asarray(cells, dtype=float).reshape(n_frames, 3, 3)
+    pbc = None if pbc is None else np.asarray(pbc, dtype=bool).reshape(n_frames, 3)
+    order = frames[np.lexsort((frames, steps[frames], runs[frames]))]
+    kept, thinned = [], []
+    reference: dict[int, int] = {}  # run -> last kept frame
+    for frame in order.tolist():
+        previous = reference.get(int(runs[frame]))
+        if previous is not None and _same_atoms(previous, frame, counts, offsets, numbers):
+            here = slice(offsets[frame], offsets[frame + 1])
+            there = slice(offsets[previous], offsets[previous + 1])
+            cell = None if cells is None else cells[frame]
+            frame_pbc = None if pbc is None else pbc[frame]
+            moved = _max_displacement(positions[there], positions[here], cell, frame_pbc)
+            if moved < min_displacement:
+                thinned.append(frame)
+                continue
+        kept.append(frame)
+        reference[int(runs[frame])] = frame
+    return np.sort(np.array(kept, dtype=np.int64)), np.sort(np.array(thinned, dtype=np.int64))
+
+
+def _same_atoms(
+    a: int, b: int, counts: np.ndarray, offsets: np.ndarray, numbers: np.ndarray | None
+) -> bool:
+    if counts[a] != counts[b]:
+        return False
+    if numbers is None:
+        return True
+    return bool(
+        np.array_equal(numbers[offsets[a] : offsets[a + 1]], numbers[offsets[b] : offsets[b + 1]])
+    )
+
+
+def select_frames(
+    disagreement: Any,
+    thresholds: Any,
+    *,
+    seed: int,
+    n_atoms: Any = None,
+    positions: Any = None,
+    run_id: Any = None,
+    step: Any = None,
+    numbers: Any = None,
+    cells: Any = None,
+    pbc: Any = None,
+    min_distances: Any = None,
+    max_forces: Any = None,
+    settings: SelectionSettings | None = None,
+) -> SelectionResult:
+    """Candidates → trust bound → near-duplicate thinning → seeded random cap.
+
+    :param disagreement: per-frame δ by property (a mapping or a ``Disagreement``); its
+        ``'forces'`` entry (δ_F, eV/Å) feeds the force-disagreement trust bound.
+    :param thresholds: τ by property (a mapping or a ``Calibration``).
+    :param seed: seed of the ``numpy`` Generator that draws the capped selection.
+    :param n_atoms: (F,) atoms per frame, and ``positions`` (A, 3) Å: needed for thinning,
+        which is skipped when either is None (see :func:`thin_near_duplicates` for the rest).
+    :param min_distances: (F,) minimum interatomic distance per frame (Å), or None.
+    :param max_forces: (F,) largest committee-mean force norm per frame (eV/Å), or None.
+    """
+    settings = settings or SelectionSettings()
+    deltas = property_arrays(disagreement)
+    taus = _threshold_map(thresholds)
+    candidates = candidate_mask(deltas, taus)
+    n_frames = candidates.size
+    reasons = trust_violations(
+        n_frames,
+        force_disagreement=deltas.get('forces'),
+        force_threshold=taus.get('forces'),
+        min_distances=min_distances,
+        max_forces=max_forces,
+        settings=settings,
+    )
+    untrusted = np.logical_or.reduce(list(reasons.values()))
+    rejected = candidates & untrusted
+    trusted = _indices(candidates & ~untrusted)
+    thinned = np.zeros(0, dtype=np.int64)
+    if positions is not None and n_atoms is not None:
+        if check_n_atoms(n_atoms).size != n_frames:
+            raise ValueError(f'n_atoms has {np.size(n_atoms)} frames, disagreement {n_frames}')
+        trusted, thinned = thin_near_duplicates(
+            trusted,
+            positions,
+            n_atoms,
+            run_id=run_id,
+            step=step,
+            min_displacement=settings.min_displacement,
+            numbers=numbers,
+            cells=cells,
+            pbc=pbc,
+        )
+    selected = trusted
+    cap = settings.max_selected
+    if cap is not None and trusted.size > int(cap):
+        rng = np.random.default_rng(int(seed))
+        selected = np.sort(rng.choice(trusted, size=int(cap), replace=False))
+    return SelectionResult(
+        n_frames=n_frames,
+        candidates=_indices(candidates),
+        rejected=_indices(rejected),
+        thinned=thinned,
+        selected=selected.astype(np.int64),
+        reasons=reasons,
+        seed=int(seed),
+    )

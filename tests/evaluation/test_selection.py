@@ -1,0 +1,266 @@
+"""Selection: candidates, trust bound, near-duplicate thinning, seeded cap; end to end."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aiida_trainspot.evaluation.calibration import calibrate
+from aiida_trainspot.evaluation.disagreement import (
+    CommitteePredictions,
+    ReferenceLabels,
+    committee_disagreement,
+    committee_statistics,
+    max_force_norm,
+    true_errors,
+)
+from aiida_trainspot.evaluation.selection import (
+    REJECTION_REASONS,
+    SelectionSettings,
+    candidate_mask,
+    select_frames,
+    thin_near_duplicates,
+    trust_violations,
+)
+
+FAST = settings(max_examples=40, deadline=None)
+SEEDS = st.integers(0, 2**32 - 1)
+TAUS = {'energy': 0.01, 'forces': 0.1, 'stress': 0.005}
+
+
+def random_disagreement(seed, n_frames, stress=True):
+    rng = np.random.default_rng(seed)
+    data = {
+        'energy': rng.uniform(0, 0.02, n_frames),
+        'forces': rng.uniform(0, 0.3, n_frames),
+        'stress': rng.uniform(0, 0.01, n_frames) if stress else np.full(n_frames, np.nan),
+    }
+    data['stress'][rng.random(n_frames) < 0.3] = np.nan  # some frames lack stress
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Candidates and trust bound
+
+
+@FAST
+@given(SEEDS, st.integers(0, 50), st.booleans())
+def test_candidates_match_brute_force(seed, n_frames, stress):
+    data = random_disagreement(seed, n_frames, stress)
+    got = candidate_mask(data, TAUS)
+    for f in range(n_frames):
+        expected = any(data[name][f] > tau for name, tau in TAUS.items())  # NaN > x is False
+        assert got[f] == expected
+
+
+def test_candidates_use_only_properties_with_thresholds():
+    data = {'energy': np.array([1.0, 0.0]), 'forces': np.array([0.0, 1.0])}
+    assert candidate_mask(data, {'forces': 0.5}).tolist() == [False, True]
+    assert candidate_mask(data, {'stress': 0.5}).tolist() == [False, False]
+
+
+def test_trust_violations_per_reason():
+    reasons = trust_violations(
+        4,
+        force_disagreement=[0.1, 2.0, 0.1, 0.1],
+        force_threshold=0.1,
+        min_distances=[1.0, 1.0, 0.4, 1.0],
+        max_forces=[1.0, 1.0, 1.0, 60.0],
+    )
+    assert set(reasons) == set(REJECTION_REASONS)
+    assert reasons['force_disagreement'].tolist() == [False, True, False, False]
+    assert reasons['too_close'].tolist() == [False, False, True, False]
+    assert reasons['large_force'].tolist() == [False, False, False, True]
+    explicit = trust_violations(
+        4,
+        force_disagreement=[0.1, 2.0, 0.6, 0.1],
+        settings=SelectionSettings(max_force_disagreement=0.5),
+    )
+    assert explicit['force_disagreement'].tolist() == [False, True, True, False]
+    nothing = trust_violations(4, force_disagreement=[9.0] * 4)  # no τ_F, no explicit bound
+    assert not any(v.any() for v in nothing.values())
+
+
+@FAST
+@given(SEEDS, st.integers(1, 60), st.integers(0, 30))
+def test_selection_never_selects_rejected_and_respects_cap(seed, n_frames, cap):
+    rng = np.random.default_rng(seed)
+    data = random_disagreement(seed, n_frames)
+    data['forces'][rng.random(n_frames) < 0.1] = 5.0  # far beyond 10 τ_F
+    min_distances = rng.uniform(0.3, 2.0, n_frames)
+    max_forces = rng.uniform(0.0, 80.0, n_frames)
+    result = select_frames(
+        data,
+        TAUS,
+        seed=seed,
+        min_distances=min_distances,
+        max_forces=max_forces,
+        settings=SelectionSettings(max_selected=cap),
+    )
+    candidates = [f for f in range(n_frames) if any(data[k][f] > t for k, t in TAUS.items())]
+    bad = [
+        f
+        for f in range(n_frames)
+        if min_distances[f] < 0.5 or data['forces'][f] > 1.0 or max_forces[f] > 50.0
+    ]
+    assert result.candidates.tolist() == candidates
+    assert result.rejected.tolist() == sorted(set(candidates) & set(bad))
+    assert result.selected.size == min(cap, len(candidates) - result.rejected.size)
+    assert not set(result.selected.tolist()) & set(bad)
+    assert set(result.selected.tolist()) <= set(candidates)
+    assert result.selected.tolist() == sorted(result.selected.tolist())
+    for f in result.rejected.tolist():
+        reasons = result.rejection_reasons(f)
+        assert reasons
+        assert ('too_close' in reasons) == (min_distances[f] < 0.5)
+        assert ('large_force' in reasons) == (max_forces[f] > 50.0)
+        assert ('force_disagreement' in reasons) == (data['forces'][f] > 1.0)
+    counts = result.counts
+    assert (
+        counts['candidates']
+        == counts['rejected'] + counts['thinned'] + counts['capped'] + (counts['selected'])
+    )
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_cap_reproducible_with_seed_and_different_with_another():
+    data = {'forces': np.linspace(0.2, 0.9, 300)}  # all candidates, all trusted
+    options = SelectionSettings(max_selected=50)
+    first = select_frames(data, {'forces': 0.1}, seed=7, settings=options)
+    again = select_frames(data, {'forces': 0.1}, seed=7, settings=options)
+    other = select_frames(data, {'forces': 0.1}, seed=8, settings=options)
+    assert first.selected.size == 50
+    assert first.selected.tolist() == again.selected.tolist()
+    assert first.selected.tolist() != other.selected.tolist()
+    assert len(np.unique(first.selected)) == 50
+    uncapped = select_frames(data, {'forces': 0.1}, seed=7, settings=SelectionSettings(None))
+    assert uncapped.selected.tolist() == list(range(300))
+
+
+def test_default_cap_is_1000():
+    data = {'energy': np.ones(1500)}
+    result = select_frames(data, {'energy': 0.5}, seed=0)
+    assert result.selected.size == 1000 and result.counts['capped'] == 500
+
+
+# --------------------------------------------------------------------------------------------------
+# Near-duplicate thinning
+
+
+def trajectory(start, steps, n_atoms=3, seed=0):
+    """Positions (len(steps) * n_atoms, 3) of atoms translated along x by the ``steps`` offsets."""
+    base = np.random.default_rng(seed).uniform(0, 5, (n_atoms, 3))
+    return np.concatenate([base + np.array([start + s, 0.0, 0.0]) for s in steps])
+
+
+def test_thinning_drops_small_consecutive_displacements():
+    # run 'a': x moves 0.03 Å per step, so only every 4th frame is 0.12 Å from the last kept
+    # run 'b': 0.2 Å per step, every frame is kept
+    steps_a, steps_b = 0.03 * np.arange(10), 0.2 * np.arange(5)
+    positions = np.concatenate([trajectory(0, steps_a, seed=1), trajectory(0, steps_b, seed=2)])
+    run_id = np.array(['a'] * 10 + ['b'] * 5, dtype=object)
+    step = np.concatenate([np.arange(10), np.arange(5)])
+    # shuffle frame order: thinning must follow steps within runs, not storage order
+    order = np.random.default_rng(0).permutation(15)
+    n_atoms = np.full(15, 3)
+    shuffled = positions.reshape(15, 3, 3)[order].reshape(-1, 3)
+    kept, thinned = thin_near_duplicates(
+        np.arange(15), shuffled, n_atoms, run_id=run_id[order], step=step[order]
+    )
+    inverse = np.argsort(order)  # original frame -> shuffled index
+    expected_kept = [0, 4, 8] + [10 + k for k in range(5)]
+    assert kept.tolist() == sorted(inverse[expected_kept].tolist())
+    assert thinned.tolist() == sorted(set(range(15)) - set(kept.tolist()))
+    # only candidates are considered: dropping frame a4 makes a5 the next to compare with a0
+    subset = [f for f in range(15) if f != inverse[4]]
+    kept, _ = thin_near_duplicates(
+        subset, shuffled, n_atoms, run_id=run_id[order], step=step[order]
+    )
+    assert inverse[5] in kept and inverse[4] not in kept
+
+
+def test_thinning_keeps_different_runs_and_different_atoms():
+    positions = trajectory(0, [0, 0.01, 0.02], n_atoms=2)
+    kept, thinned = thin_near_duplicates([0, 1, 2], positions, [2, 2, 2], run_id=[1, 2, 3])
+    assert kept.tolist() == [0, 1, 2] and thinned.size == 0
+    numbers = np.array([1, 6, 6, 1, 6, 1])  # frames 1 and 2 swap the species of frame 0
+    kept, thinned = thin_near_duplicates([0, 1, 2], positions, [2, 2, 2], numbers=numbers)
+    assert kept.tolist() == [0, 1] and thinned.tolist() == [2]
+    kept, thinned = thin_near_duplicates([0, 1, 2], positions, [2, 2, 2])
+    assert kept.tolist() == [0] and thinned.tolist() == [1, 2]
+    mixed = np.concatenate([positions[:2], positions[:3]])
+    kept, _ = thin_near_duplicates([0, 1], mixed, [2, 3])
+    assert kept.tolist() == [0, 1]
+
+
+def test_thinning_uses_minimum_image_when_cells_are_given():
+    first = np.array([[9.99, 5.0, 5.0], [2.0, 2.0, 2.0]])
+    second = np.array([[0.01, 5.0, 5.0], [2.0, 2.0, 2.0]])  # wrapped across x
+    positions = np.concatenate([first, second])
+    cells = np.array([np.eye(3) * 10.0] * 2)
+    kept, _ = thin_near_duplicates([0, 1], positions, [2, 2])
+    assert kept.tolist() == [0, 1]
+    kept, thinned = thin_near_duplicates(
+        [0, 1], positions, [2, 2], cells=cells, pbc=[[True] * 3] * 2
+    )
+    assert kept.tolist() == [0] and thinned.tolist() == [1]
+    kept, _ = thin_near_duplicates(
+        [0, 1], positions, [2, 2], cells=cells, pbc=[[False, True, True]] * 2
+    )
+    assert kept.tolist() == [0, 1]
+
+
+def test_select_frames_thins_before_the_cap():
+    n = 20
+    positions = trajectory(0, 0.01 * np.arange(n))  # one run, all within 0.19 Å
+    data = {'forces': np.full(n, 0.5)}
+    result = select_frames(
+        data, {'forces': 0.1}, seed=0, n_atoms=np.full(n, 3), positions=positions
+    )
+    assert result.selected.tolist() == [0, 10] and result.thinned.size == 18
+    assert result.counts['thinned'] == 18
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and end to end
+
+
+def test_settings_round_trip_and_validation():
+    options = SelectionSettings(max_selected=10, min_displacement=0.05, max_force=None)
+    assert SelectionSettings.from_dict(json.loads(json.dumps(options.to_dict()))) == options
+    with pytest.raises(ValueError, match='unknown selection settings'):
+        SelectionSettings.from_dict({'max_selected': 3, 'cap': 4})
+    with pytest.raises(ValueError, match='max_selected'):
+        SelectionSettings(max_selected=-1)
+
+
+def test_end_to_end_without_stress():
+    rng = np.random.default_rng(0)
+    n_frames, n_members = 60, 4
+    n_atoms = rng.integers(2, 6, n_frames)
+    total = int(n_atoms.sum())
+    reference_forces = rng.normal(0, 1, (total, 3))
+    # per-frame model quality: members scatter around a biased mean, both growing together
+    quality = np.repeat(rng.uniform(0.01, 0.5, n_frames), n_atoms)[:, None]
+    bias = rng.normal(0, 1, (total, 3)) * quality
+    forces = reference_forces + bias + rng.normal(0, 1, (n_members, total, 3)) * quality
+    energies = rng.normal(0, 0.01, (n_members, n_frames)) * n_atoms
+    predictions = CommitteePredictions(n_atoms, energies, forces)
+    labels = ReferenceLabels(n_atoms, energy=np.zeros(n_frames), forces=reference_forces)
+    delta, errors = committee_disagreement(predictions), true_errors(predictions, labels)
+    calibration = calibrate(delta, errors)
+    assert set(calibration.slopes) == {'energy', 'forces'}
+    assert calibration.slopes['forces'] == pytest.approx(1.0, rel=0.3)
+    stats = committee_statistics(predictions)
+    result = select_frames(
+        delta,
+        calibration,
+        seed=1,
+        max_forces=max_force_norm(stats.mean_forces, n_atoms),
+        settings=SelectionSettings(max_selected=5),
+    )
+    assert result.selected.size <= 5
+    flagged = candidate_mask(delta, calibration.thresholds)
+    assert flagged[result.selected].all()

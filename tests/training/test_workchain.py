@@ -1,0 +1,163 @@
+"""TrainingWorkChain and TrainingMemberWorkChain: committees, failures, restarts, bad input."""
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.common.links import LinkType
+from aiida.engine import run_get_node
+from aiida.engine.utils import instantiate_process
+from aiida.manage import get_manager
+
+from aiida_trainspot.data import PESData
+from aiida_trainspot.training.model import PotentialModel
+from aiida_trainspot.training.restart import TrainingMemberWorkChain, training_calculation
+from aiida_trainspot.training.workchain import TrainingWorkChain, member_seeds
+
+TINY_MACE = {
+    'num_channels': 8,
+    'max_L': 0,
+    'r_max': 4.0,
+    'num_interactions': 2,
+    'correlation': 2,
+    'batch_size': 4,
+    'max_num_epochs': 3,
+}
+
+
+@pytest.fixture
+def carbon_dataset(labelled_carbon_frames):
+    return PESData.from_ase(labelled_carbon_frames)
+
+
+def test_member_seeds_distinct_and_reproducible():
+    for seed in range(50):
+        seeds = member_seeds(seed, 8)
+        assert len(set(seeds)) == 8
+        assert all(0 <= s < 2**31 for s in seeds)
+        assert seeds == member_seeds(seed, 8)
+    assert member_seeds(1, 4) != member_seeds(2, 4)
+    assert member_seeds(3, 4) == member_seeds(3, 6)[:4] or len(set(member_seeds(3, 6))) == 6
+
+
+@pytest.mark.slow
+def test_committee_with_one_broken_member_continues(carbon_dataset, mace_code, tmp_path):
+    garbage = tmp_path / 'broken.model'
+    garbage.write_bytes(b'not a model')
+    broken = PotentialModel.from_files(
+        garbage, engine='mace', architecture='MACE', species=['C'], cutoff=4.0, dtype='float64'
+    )
+    results, node = run_get_node(
+        TrainingWorkChain,
+        dataset=carbon_dataset,
+        engine=orm.Str('mace'),
+        code=mace_code,
+        seed=orm.Int(11),
+        committee_size=orm.Int(3),
+        parameters=orm.Dict(TINY_MACE),
+        previous_models={'member_1': broken},
+    )
+    assert node.is_finished_ok, node.exit_message
+    models = results['models']
+    assert sorted(models) == ['member_0', 'member_2']
+    seeds = [m.seed for m in models.values()]
+    assert len(set(seeds)) == 2
+    report = results['report'].get_dict()
+    assert report['seeds'] == member_seeds(11, 3)
+    assert 'reason' in report['members']['member_1']
+    # the split is sticky and recorded on the dataset output
+    split, present = results['dataset'].get_column('split')
+    assert present.all()
+    assert set(split) <= {'train', 'validation', 'test'}
+    # both members predict, and differently (different seeds)
+    frame = carbon_dataset.get_atoms(0)
+    energies = []
+    for model in models.values():
+        with model.calculator() as calculator:
+            frame.calc = calculator
+            energies.append(frame.get_potential_energy())
+            assert np.isfinite(frame.get_forces()).all()
+    assert energies[0] != energies[1]
+    # with too few members left, the named exit code fires
+    _, node = run_get_node(
+        TrainingWorkChain,
+        dataset=carbon_dataset,
+        engine=orm.Str('mace'),
+        code=mace_code,
+        committee_size=orm.Int(2),
+        min_members=orm.Int(2),
+        parameters=orm.Dict(TINY_MACE),
+        previous_models={'member_1': broken},
+    )
+    assert node.exit_status == TrainingWorkChain.exit_codes.ERROR_TOO_FEW_MEMBERS.status
+
+
+@pytest.mark.parametrize(
+    ('change', 'message'),
+    [
+        ({'committee_size': (orm.Int, 1)}, 'committee_size: a committee needs at least 2'),
+        ({'min_members': (orm.Int, 5)}, 'min_members'),
+        ({'engine': (orm.Str, 'nequip')}, 'engine: unknown engine'),
+        ({'parameters': (orm.Dict, {'no_such_key': 1})}, 'no_such_key'),
+        ({'split_fractions': (orm.Dict, {'train': 0.5})}, 'split_fractions'),
+    ],
+)
+def test_bad_inputs_rejected_at_submission(carbon_dataset, mace_code, change, message):
+    change = {port: kind(value) for port, (kind, value) in change.items()}
+    inputs = {'dataset': carbon_dataset, 'engine': orm.Str('mace'), 'code': mace_code, **change}
+    with pytest.raises(ValueError, match=message):
+        run_get_node(TrainingWorkChain, **inputs)
+
+
+def test_unlabelled_or_tiny_datasets_rejected(labelled_carbon_frames, mace_code):
+    unlabelled = PESData.from_ase([a.copy() for a in labelled_carbon_frames])
+    with pytest.raises(ValueError, match='dataset: no frame is labelled'):
+        run_get_node(TrainingWorkChain, dataset=unlabelled, engine=orm.Str('mace'), code=mace_code)
+    tiny = PESData.from_ase(labelled_carbon_frames[:2])
+    with pytest.raises(ValueError, match='dataset: the validation split has no labelled frames'):
+        run_get_node(TrainingWorkChain, dataset=tiny, engine=orm.Str('mace'), code=mace_code)
+
+
+def _finished_training_node(engine: str, exit_code_name: str, with_checkpoint: bool):
+    """A stored CalcJobNode of ``engine`` that ended with ``exit_code_name`` (as a scheduler would)."""
+    calculation = training_calculation(engine)
+    node = orm.CalcJobNode(process_type=f'aiida.calculations:trainspot.{engine}.train')
+    node.set_process_state('finished')
+    node.set_exit_status(calculation.exit_codes[exit_code_name].status)
+    node.store()
+    if with_checkpoint:
+        folder = orm.FolderData()
+        folder.base.repository.put_object_from_bytes(b'checkpoint', 'member_run-1.pt')
+        folder.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label='checkpoint')
+        folder.store()
+    node.seal()
+    return node
+
+
+@pytest.mark.parametrize('engine', ['mace', 'metatrain'])
+def test_walltime_handler_resumes_from_checkpoint(carbon_dataset, mace_code, engine):
+    training = carbon_dataset.subset(range(24))
+    validation = carbon_dataset.subset(range(24, 30))
+    inputs = {
+        'engine': orm.Str(engine),
+        'train': {
+            'code': mace_code,
+            'training': training,
+            'validation': validation,
+            'seed': orm.Int(1),
+        },
+    }
+    process = instantiate_process(get_manager().get_runner(), TrainingMemberWorkChain, **inputs)
+    process.setup()
+    assert process.process_class is training_calculation(engine)
+    node = _finished_training_node(engine, 'ERROR_OUT_OF_WALLTIME', with_checkpoint=True)
+    report = process.handle_out_of_walltime(node)
+    assert report.do_break and report.exit_code.status == 0
+    assert process.ctx.inputs['restart_checkpoint'].pk == node.outputs.checkpoint.pk
+    # without a checkpoint there is nothing to resume from: a named failure
+    bare = _finished_training_node(engine, 'ERROR_OUT_OF_WALLTIME', with_checkpoint=False)
+    report = process.handle_out_of_walltime(bare)
+    assert report.exit_code.status == TrainingMemberWorkChain.exit_codes.ERROR_TRAINING_FAILED.status
+    # a crash is not retried
+    crashed = _finished_training_node(engine, 'ERROR_TRAINING_CRASHED', with_checkpoint=False)
+    report = process.handle_unrecoverable(crashed)
+    assert report.exit_code.status == TrainingMemberWorkChain.exit_codes.ERROR_TRAINING_FAILED.status
