@@ -13,6 +13,8 @@ from aiida_trainspot.training.model import PotentialModel
 from aiida_trainspot.training.restart import TrainingMemberWorkChain, training_calculation
 from aiida_trainspot.training.workchain import TrainingWorkChain, member_seeds
 
+FAILED = TrainingMemberWorkChain.exit_codes.ERROR_TRAINING_FAILED.status
+
 TINY_MACE = {
     'num_channels': 8,
     'max_L': 0,
@@ -118,7 +120,7 @@ def test_unlabelled_or_tiny_datasets_rejected(labelled_carbon_frames, mace_code)
 
 
 def _finished_training_node(engine: str, exit_code_name: str, with_checkpoint: bool):
-    """A stored CalcJobNode of ``engine`` that ended with ``exit_code_name`` (as a scheduler would)."""
+    """A stored CalcJobNode of ``engine`` that ended with ``exit_code_name``."""
     calculation = training_calculation(engine)
     node = orm.CalcJobNode(process_type=f'aiida.calculations:trainspot.{engine}.train')
     node.set_process_state('finished')
@@ -156,8 +158,8 @@ def test_walltime_handler_resumes_from_checkpoint(carbon_dataset, mace_code, eng
     # without a checkpoint there is nothing to resume from: a named failure
     bare = _finished_training_node(engine, 'ERROR_OUT_OF_WALLTIME', with_checkpoint=False)
     report = process.handle_out_of_walltime(bare)
-    assert report.exit_code.status == TrainingMemberWorkChain.exit_codes.ERROR_TRAINING_FAILED.status
+    assert report.exit_code.status == FAILED
     # a crash is not retried
     crashed = _finished_training_node(engine, 'ERROR_TRAINING_CRASHED', with_checkpoint=False)
     report = process.handle_unrecoverable(crashed)
-    assert report.exit_code.status == TrainingMemberWorkChain.exit_codes.ERROR_TRAINING_FAILED.status
+    assert report.exit_code.status == FAILED
