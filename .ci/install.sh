@@ -12,7 +12,7 @@ venv="${TRAINSPOT_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 
 # postgresql and rabbitmq-server: the production services the `services` tests exercise
-debian_packages=(quantum-espresso quantum-espresso-data lammps openmpi-bin postgresql rabbitmq-server)
+debian_packages=(quantum-espresso quantum-espresso-data lammps openmpi-bin postgresql rabbitmq-server slurm-wlm munge openssh-server)
 
 log() { printf '[install] %s\n' "$*"; }
 

@@ -59,6 +59,11 @@ def pytest_configure(config):
         'filterwarnings',
         'ignore:Object of type <DbNode> not in session:sqlalchemy.exc.SAWarning',
     )
+    # the same aiida-core behaviour when aiida-pseudo creates a family group
+    config.addinivalue_line(
+        'filterwarnings',
+        'ignore:Object of type <DbGroup> not in session:sqlalchemy.exc.SAWarning',
+    )
 
 
 def _load_services_module():
@@ -409,3 +414,132 @@ def labelled_carbon_frames():
         atoms.info['generation_method'] = 'rattle'
         frames.append(atoms)
     return frames
+
+
+# --------------------------------------------------------------------------------------------------
+# A real Slurm cluster over SSH: ``.ci/cluster.sh`` runs slurmctld + slurmd (one node, this machine)
+# and an sshd of its own on 127.0.0.1:2222; the computer below reaches it through ``core.ssh`` +
+# ``core.slurm`` exactly as a remote HPC machine. Python side: ``tests/cluster.py``.
+
+
+def _load_cluster_module():
+    """Import ``tests/cluster.py`` by path: works whether or not ``tests`` is a package."""
+    name = 'aiida_trainspot_tests_cluster'
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, pathlib.Path(__file__).with_name('cluster.py')
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+cluster = _load_cluster_module()
+
+SLURM_COMPUTER_LABEL = 'slurm-localhost'
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster():
+    """Have the single-node Slurm cluster up for the session; return its one-line status.
+
+    Runs ``bash .ci/cluster.sh start`` when it is down, and ``stop`` at the end of the session only
+    if a test session started it (reference-counted across pytest-xdist workers). Fails, never
+    skips, when the cluster cannot start: the message has the script's output and log tails.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            line = stack.enter_context(cluster.session())
+        except cluster.ClusterUnavailableError as exception:
+            pytest.fail(f'SLURM CLUSTER UNAVAILABLE: {exception}', pytrace=False)
+        yield line
+
+
+@pytest.fixture(scope='session')
+def slurm_computer_workdir(tmp_path_factory):
+    """Return the folder in which the Slurm computer runs calculations (one per session, in /tmp).
+
+    The "remote" machine is this one, so a local temporary folder is a valid remote path.
+    """
+    return tmp_path_factory.mktemp('slurm-workdir')
+
+
+@pytest.fixture
+def slurm_computer(slurm_cluster, slurm_computer_workdir):
+    """Return the configured ``slurm-localhost`` computer: ``core.ssh`` + ``core.slurm``.
+
+    SSH as root to 127.0.0.1:2222 with the cluster's key (AutoAddPolicy, system host keys not
+    loaded: the host key is the cluster's own and changes with its folder), safe interval 0, job
+    poll interval 1 s (default 10 s), OpenMPI's ``mpirun`` (as root too), one MPI process per
+    machine by default, ``OMP_NUM_THREADS=1``. Slurm commands find the cluster's configuration
+    through ``SLURM_CONF``, which its sshd sets in every session. Get-or-create, like
+    ``aiida_localhost``.
+    """
+    from aiida.common.exceptions import NotExistent
+    from aiida.orm import Computer
+
+    try:
+        computer = Computer.collection.get(label=SLURM_COMPUTER_LABEL)
+    except NotExistent:
+        computer = Computer(
+            label=SLURM_COMPUTER_LABEL,
+            hostname=cluster.HOST,
+            description='single-node Slurm cluster over SSH (.ci/cluster.sh) for the tests',
+            transport_type='core.ssh',
+            scheduler_type='core.slurm',
+            workdir=str(slurm_computer_workdir),
+        )
+        computer.set_mpirun_command(MPIRUN_COMMAND)
+        computer.set_prepend_text('export OMP_NUM_THREADS=1')
+        computer.set_default_mpiprocs_per_machine(1)
+        computer.set_minimum_job_poll_interval(1.0)
+        computer.store()
+    if not computer.is_configured:
+        computer.configure(
+            username=cluster.USERNAME,
+            port=cluster.ssh_port(),
+            key_filename=str(cluster.key_filename()),
+            look_for_keys=False,
+            allow_agent=False,
+            load_system_host_keys=False,
+            key_policy='AutoAddPolicy',
+            timeout=30,
+            safe_interval=0.0,
+        )
+    return computer
+
+
+@pytest.fixture
+def slurm_code_factory(slurm_computer):
+    """Return ``factory(label, filepath, plugin, **kwargs)`` giving an InstalledCode on Slurm.
+
+    Like ``code_factory``, on ``slurm-localhost``: gets the code ``label@slurm-localhost`` if it
+    exists (same executable and plugin, else ``ValueError``), creates and stores it otherwise.
+    """
+    from aiida.common.exceptions import NotExistent
+    from aiida.orm import InstalledCode, QueryBuilder
+
+    def factory(label: str, filepath: str, plugin: str | None = None, **kwargs) -> InstalledCode:
+        query = QueryBuilder().append(
+            InstalledCode, filters={'label': label, 'dbcomputer_id': slurm_computer.pk}
+        )
+        try:
+            code = query.one()[0]
+        except NotExistent:
+            code = InstalledCode(
+                label=label,
+                computer=slurm_computer,
+                filepath_executable=str(filepath),
+                default_calc_job_plugin=plugin,
+                **kwargs,
+            )
+            return code.store()
+        if str(code.filepath_executable) != str(filepath) or code.default_calc_job_plugin != plugin:
+            raise ValueError(
+                f'code {label}@{SLURM_COMPUTER_LABEL} exists with {code.filepath_executable} and '
+                f'plugin {code.default_calc_job_plugin}, not {filepath} and {plugin}'
+            )
+        return code
+
+    return factory
