@@ -66,6 +66,10 @@ class TrainingMemberWorkChain(BaseRestartWorkChain):
             message='The training failed and cannot be retried: {detail}',
         )
 
+    def get_outputs(self, node):
+        """Expose the outputs every engine shares (the spec exposes the base class's)."""
+        return self.exposed_outputs(node, TrainingCalculation)
+
     def setup(self) -> None:
         """Collect the inputs of the first run."""
         super().setup()
