@@ -178,15 +178,18 @@ class PESData(orm.Data):
     def _set_summary(self, index: DatasetIndex) -> None:
         store = self._frame_store()
         n_atoms = store.n_atoms()
-        present_columns = [n for n in (*LABEL_COLUMNS, SPLIT_COLUMN) if n in index.columns]
-        data = store.read(columns=present_columns)
+        # only what the summary needs: numbers, presence masks and the split strings
+        small = ['numbers'] + ([SPLIT_COLUMN] if SPLIT_COLUMN in index.columns else [])
+        data = store.read(columns=small, structure=False)
         numbers = np.unique(data.atom['numbers']) if data.n_frames else np.zeros(0, dtype=int)
-        n_labelled = {name: int(data.mask(name).sum()) for name in LABEL_COLUMNS}
+        n_labelled = {name: int(store.presence(name).sum()) for name in LABEL_COLUMNS}
         split = data.frame.get(SPLIT_COLUMN)
+        if split is not None:
+            split = np.where(data.mask(SPLIT_COLUMN), split, UNASSIGNED)
         split_counts = {
             name: int(np.sum(split == name)) if split is not None else 0 for name in SPLITS
         }
-        split_counts['unassigned'] = data.n_frames - sum(split_counts.values())
+        split_counts['unassigned'] = len(n_atoms) - sum(split_counts.values())
         metadata = sorted(set(index.columns) - set(STRUCTURE_COLUMNS) - set(LABEL_COLUMNS))
         attributes = {
             'format_version': FORMAT_VERSION,

@@ -491,19 +491,37 @@ class FrameStore:
             return sid, row
         return sid[frames], row[frames]
 
+    def presence(self, name: str) -> np.ndarray:
+        """Per-frame mask of the frames that carry column ``name`` (reads no values)."""
+        mask = np.zeros(len(self), dtype=bool)
+        if name not in self.index.columns:
+            return mask
+        sid, row = self._locate(self.index.column_locator[name], None)
+        for shard_id, positions, rows in _groups(sid, row):
+            mask[positions] = self.reader(shard_id).present(name, rows)
+        return mask
+
     def read(
-        self, frames: np.ndarray | Sequence[int] | None = None, columns: Sequence[str] | None = None
+        self,
+        frames: np.ndarray | Sequence[int] | None = None,
+        columns: Sequence[str] | None = None,
+        structure: bool = True,
     ) -> Columns:
-        """Read ``columns`` (default: all) of ``frames`` (default: all) into memory."""
+        """Read ``columns`` (default: all) of ``frames`` (default: all) into memory.
+
+        The structure (numbers, positions, cell, pbc) is read as well unless
+        ``structure`` is False.
+        """
         if frames is not None:
             frames = np.asarray(frames, dtype=np.int64)
             if frames.size and (frames.min() < 0 or frames.max() >= len(self)):
                 raise IndexError(f'frame index out of range for a dataset of {len(self)} frames')
-        names = (
-            list(self.index.columns)
-            if columns is None
-            else list(dict.fromkeys([*STRUCTURE_COLUMNS, *columns]))
-        )
+        if columns is None:
+            names = list(self.index.columns)
+        elif structure:
+            names = list(dict.fromkeys([*STRUCTURE_COLUMNS, *columns]))
+        else:
+            names = list(dict.fromkeys(columns))
         unknown = [n for n in names if n not in self.index.columns]
         if unknown:
             raise KeyError(
