@@ -543,3 +543,175 @@ def slurm_code_factory(slurm_computer):
         return code
 
     return factory
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation: the ``trainspot-evaluate`` runner, and two tiny trained committees (model files only,
+# trained by the real codes in subprocesses, with no AiiDA training job) for the tests of the
+# evaluation and of the stages after it.
+
+TINY_MACE_ARGS = [
+    '--model', 'MACE', '--num_channels', '8', '--max_L', '0', '--r_max', '4.0',
+    '--num_interactions', '2', '--correlation', '2', '--E0s', 'average', '--batch_size', '4',
+    '--max_num_epochs', '3', '--device', 'cpu', '--default_dtype', 'float64',
+    '--energy_key', 'REF_energy', '--forces_key', 'REF_forces', '--stress_key', 'REF_stress',
+]  # fmt: skip
+TINY_PET_MODEL_HYPERS = {
+    'cutoff': 4.0, 'd_pet': 16, 'd_head': 16, 'd_node': 32, 'd_feedforward': 32, 'num_heads': 2,
+    'num_gnn_layers': 1, 'num_attention_layers': 1,
+}  # fmt: skip
+TINY_COMMITTEE_SEEDS = (1, 2)
+
+
+@pytest.fixture
+def evaluate_code(code_factory):
+    """The ``trainspot-evaluate`` runner of this environment as an InstalledCode on localhost."""
+    return code_factory(
+        'trainspot-evaluate', runner_path('trainspot-evaluate'), 'trainspot.evaluation'
+    )
+
+
+def _write_reference_xyz(frames, path) -> None:
+    """Write frames with their labels under the ``REF_`` keys both training codes read."""
+    from ase.io import write
+
+    out = []
+    for atoms in frames:
+        copy = atoms.copy()
+        copy.info = {
+            'REF_energy': atoms.get_potential_energy(),
+            'REF_stress': atoms.get_stress(voigt=False),
+        }
+        copy.arrays['REF_forces'] = atoms.get_forces()
+        out.append(copy)
+    write(str(path), out, format='extxyz')
+
+
+@pytest.fixture(scope='session')
+def tiny_committee_files(labelled_carbon_frames, tmp_path_factory):
+    """Model files of a tiny MACE and a tiny PET committee trained on ``labelled_carbon_frames``.
+
+    ``{'mace': [member, member], 'metatrain': [member, member]}``, one member per seed of
+    ``TINY_COMMITTEE_SEEDS``, each ``{'model': Path, 'extensions': Path | None, 'seed': int,
+    'architecture': str, 'cutoff': 4.0, 'dtype': 'float64', 'species': ['C']}`` (the keyword
+    arguments of ``PotentialModel.from_files`` but ``engine``). Trained on frames 0-23, validated
+    on 24-29, 3 epochs, float64; the four runs (``mace_run_train``, ``mtt train``) go at once in
+    subprocesses with one thread each, once per session (about 30 s on 2 cores).
+    """
+    import subprocess
+
+    import yaml
+
+    root = tmp_path_factory.mktemp('tiny-committees')
+    _write_reference_xyz(labelled_carbon_frames[:24], root / 'train.xyz')
+    _write_reference_xyz(labelled_carbon_frames[24:], root / 'valid.xyz')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    runs = []
+    for seed in TINY_COMMITTEE_SEEDS:
+        folder = root / f'mace-{seed}'
+        folder.mkdir()
+        command = [runner_path('mace_run_train'), '--name', 'tiny', *TINY_MACE_ARGS]
+        command += ['--train_file', '../train.xyz', '--valid_file', '../valid.xyz']
+        command += ['--seed', str(seed)]
+        runs.append(('mace', seed, folder, command))
+        folder = root / f'pet-{seed}'
+        folder.mkdir()
+        dataset = {
+            'systems': {'length_unit': 'angstrom'},
+            'targets': {
+                'energy': {
+                    'key': 'REF_energy',
+                    'unit': 'eV',
+                    'forces': {'key': 'REF_forces'},
+                    'stress': False,
+                    'virial': False,
+                }
+            },
+        }
+        options = {
+            'seed': seed,
+            'base_precision': 64,
+            'device': 'cpu',
+            'architecture': {
+                'name': 'pet',
+                'model': TINY_PET_MODEL_HYPERS,
+                'training': {'batch_size': 4, 'num_epochs': 3},
+            },
+            'training_set': {**dataset, 'systems': {'read_from': '../train.xyz'}},
+            'validation_set': {**dataset, 'systems': {'read_from': '../valid.xyz'}},
+            'test_set': 0.0,
+        }
+        (folder / 'options.yaml').write_text(yaml.safe_dump(options))
+        command = [runner_path('mtt'), 'train', 'options.yaml', '-o', 'model.pt']
+        command += ['-e', 'extensions']
+        runs.append(('metatrain', seed, folder, command))
+    processes = []
+    for _, _, folder, command in runs:
+        with open(folder / 'train.log', 'w') as log:
+            processes.append(
+                subprocess.Popen(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
+    committees = {'mace': [], 'metatrain': []}
+    for (engine, seed, folder, command), process in zip(runs, processes, strict=True):
+        status = process.wait()
+        model = folder / ('tiny.model' if engine == 'mace' else 'model.pt')
+        if status != 0 or not model.is_file():
+            tail = (folder / 'train.log').read_text()[-3000:]
+            pytest.fail(f'{" ".join(command)} failed (status {status}):\n{tail}', pytrace=False)
+        extensions = folder / 'extensions'
+        committees[engine].append(
+            {
+                'model': model,
+                'extensions': extensions if extensions.is_dir() else None,
+                'seed': seed,
+                'architecture': 'MACE' if engine == 'mace' else 'pet',
+                'cutoff': 4.0,
+                'dtype': 'float64',
+                'species': ['C'],
+            }
+        )
+    return committees
+
+
+# --------------------------------------------------------------------------------------------------
+# Exploration: the ``trainspot-ase-md`` runner, and one member of each tiny committee above as a
+# stored ``PotentialModel`` (no training of their own: ``tiny_committee_files`` trains them).
+
+
+@pytest.fixture
+def ase_md_code(code_factory):
+    """The ``trainspot-ase-md`` runner of this environment as an InstalledCode on localhost."""
+    return code_factory('trainspot-ase-md', runner_path('trainspot-ase-md'), 'trainspot.ase.md')
+
+
+def _tiny_potential_model(member, engine):
+    from aiida_trainspot.training.model import PotentialModel
+
+    return PotentialModel.from_files(
+        member['model'],
+        engine=engine,
+        architecture=member['architecture'],
+        species=member['species'],
+        cutoff=member['cutoff'],
+        dtype=member['dtype'],
+        seed=member['seed'],
+        extensions_dir=member['extensions'],
+    ).store()
+
+
+@pytest.fixture(scope='session')
+def tiny_mace_model(aiida_profile, tiny_committee_files):
+    """The first tiny MACE member (carbon, float64, r_max 4 Å) as a stored ``PotentialModel``.
+
+    Stored once per session in the default profile (not for tests marked ``services``).
+    """
+    return _tiny_potential_model(tiny_committee_files['mace'][0], 'mace')
+
+
+@pytest.fixture(scope='session')
+def tiny_metatrain_model(aiida_profile, tiny_committee_files):
+    """The first tiny PET member (carbon, float64, cutoff 4 Å) as a stored ``PotentialModel``.
+
+    Stored once per session in the default profile (not for tests marked ``services``).
+    """
+    return _tiny_potential_model(tiny_committee_files['metatrain'][0], 'metatrain')

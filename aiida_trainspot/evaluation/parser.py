@@ -1,0 +1,148 @@
+"""``EvaluationParser`` (``trainspot.evaluation``): predictions shards and metrics into outputs.
+
+For every input dataset ``<name>`` the shard ``predictions/<name>.h5`` written by
+``trainspot-evaluate`` becomes ``predictions.<name>``: the input dataset with the prediction
+columns set on all its frames (:meth:`PESData.with_columns`, so labels, metadata and shards are
+shared with the input). ``metrics.json`` becomes the ``metrics`` Dict. See
+:class:`~aiida_trainspot.evaluation.calculation.EvaluationCalculation` for the exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+from aiida import orm
+from aiida.engine import ExitCode
+from aiida.parsers import Parser
+
+from aiida_trainspot.data.columns import Columns
+from aiida_trainspot.data.pesdata import PESData
+from aiida_trainspot.data.store import ShardReader
+from aiida_trainspot.runners.evaluate import INFERENCE_FAILED, INPUT_FAILED, MODEL_LOAD_FAILED
+
+from .calculation import (
+    METRICS_FILE,
+    PREDICTIONS_DIR,
+    STDERR_FILE,
+    member_order,
+)
+from .inference import ATOM_COLUMNS, ESTIMATED_ERROR_COLUMNS, FRAME_COLUMNS
+
+__all__ = ('EvaluationParser', 'read_shard')
+
+COMMITTEE_ATTRIBUTE = 'committee_members'
+_STDERR_TAIL = 2000
+_FAILURES = {
+    MODEL_LOAD_FAILED: 'ERROR_MODEL_LOAD_FAILED',
+    INPUT_FAILED: 'ERROR_INPUT_UNREADABLE',
+    INFERENCE_FAILED: 'ERROR_INFERENCE_FAILED',
+}
+
+
+def read_shard(handle) -> Columns:
+    """Every column of one shard file (path or binary file object) as :class:`Columns`."""
+    with h5py.File(handle, 'r') as h5:
+        reader = ShardReader(str(getattr(handle, 'name', handle)), h5)
+        rows = np.arange(reader.n_frames)
+        atom_rows = np.arange(reader.n_atoms_total)
+        out = Columns(n_atoms=np.asarray(reader.n_atoms))
+        for name in reader.column_names():
+            spec = reader.spec(name)
+            if spec.kind == 'frame':
+                out.frame[name] = reader.read_rows(f'frame/{name}', rows)
+            else:
+                out.atom[name] = reader.read_rows(f'atom/{name}', atom_rows)
+            mask = reader.present(name, rows)
+            if not mask.all():
+                out.present[name] = np.asarray(mask, dtype=bool)
+    return out
+
+
+class EvaluationParser(Parser):
+    """Parse the outputs of an :class:`~.calculation.EvaluationCalculation`."""
+
+    def parse(self, **kwargs) -> ExitCode | None:
+        """Attach ``predictions.<name>`` for every dataset and ``metrics``."""
+        names = self.retrieved.base.repository.list_object_names()
+        if METRICS_FILE not in names:
+            return self._failure(names)
+        try:
+            with self.retrieved.base.repository.open(METRICS_FILE, 'r') as handle:
+                metrics = json.load(handle)
+        except Exception as exc:
+            return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
+                filename=METRICS_FILE, detail=f'{type(exc).__name__}: {exc}'
+            )
+        members = member_order(self.node.inputs.models)
+        datasets = dict(self.node.inputs.datasets)
+        if metrics.get('members') != members or set(metrics.get('datasets', {})) != set(datasets):
+            return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
+                filename=METRICS_FILE,
+                detail=f'it describes members {metrics.get("members")} and datasets '
+                f'{sorted(metrics.get("datasets", {}))}, not {members} and {sorted(datasets)}',
+            )
+        available = []
+        if PREDICTIONS_DIR in names:
+            available = self.retrieved.base.repository.list_object_names(PREDICTIONS_DIR)
+        outputs = {}
+        for name in sorted(datasets):
+            filename = f'{PREDICTIONS_DIR}/{name}.h5'
+            if f'{name}.h5' not in available:
+                return self.exit_codes.ERROR_OUTPUT_MISSING.format(
+                    filename=filename, detail='the metrics were written but not the predictions'
+                )
+            try:
+                with self.retrieved.base.repository.open(filename, 'rb') as handle:
+                    columns = read_shard(handle)
+                outputs[name] = _with_predictions(datasets[name], columns, members)
+            except Exception as exc:
+                return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
+                    filename=filename, detail=f'{type(exc).__name__}: {exc}'
+                )
+        self.out('predictions', outputs)
+        self.out('metrics', orm.Dict(metrics))
+        return None
+
+    def _failure(self, names: list[str]) -> ExitCode:
+        stderr = ''
+        if STDERR_FILE in names:
+            stderr = self.retrieved.base.repository.get_object_content(STDERR_FILE, mode='r')
+        for line in reversed(stderr.splitlines()):
+            for prefix, exit_code in _FAILURES.items():
+                if line.startswith(prefix):
+                    detail = line[len(prefix) :].lstrip(': ')
+                    return getattr(self.exit_codes, exit_code).format(detail=detail)
+        detail = stderr[-_STDERR_TAIL:].strip() or 'the evaluation printed nothing on stderr'
+        return self.exit_codes.ERROR_OUTPUT_MISSING.format(filename=METRICS_FILE, detail=detail)
+
+
+def _with_predictions(dataset: PESData, columns: Columns, members: list[str]) -> PESData:
+    """``dataset`` with the prediction columns of ``columns`` set on all its frames."""
+    if columns.n_frames != len(dataset):
+        raise ValueError(f'{columns.n_frames} frames predicted, the dataset has {len(dataset)}')
+    if not np.array_equal(columns.n_atoms, dataset.n_atoms_per_frame()):
+        raise ValueError('the atom counts of the predicted frames differ from the dataset')
+    missing = sorted((set(FRAME_COLUMNS) | set(ATOM_COLUMNS)) - set(columns.names))
+    if missing:
+        raise ValueError(f'columns {missing} are missing')
+    unknown = sorted(
+        set(columns.names) - set(FRAME_COLUMNS) - set(ATOM_COLUMNS) - set(ESTIMATED_ERROR_COLUMNS)
+    )
+    if unknown:
+        raise ValueError(f'unexpected columns {unknown}')
+    n_members = columns.frame['energy_members'].shape[1:]
+    if n_members != (len(members),):
+        raise ValueError(f'predictions of {n_members} members, the committee has {len(members)}')
+    frame = dict(columns.frame)
+    present = dict(columns.present)
+    # estimated errors of an earlier evaluation that this one does not replace would be stale
+    for name in sorted(set(ESTIMATED_ERROR_COLUMNS) & set(dataset.column_names) - set(frame)):
+        frame[name] = np.full(columns.n_frames, np.nan)
+        present[name] = np.zeros(columns.n_frames, dtype=bool)
+    predicted = dataset.with_columns(
+        np.arange(len(dataset)), frame, columns.atom, present, validate=False
+    )
+    predicted.base.attributes.set(COMMITTEE_ATTRIBUTE, list(members))
+    return predicted

@@ -1,0 +1,266 @@
+"""``trainspot-evaluate CONFIG``: evaluate a committee of potentials on datasets of frames.
+
+The executable of :class:`~aiida_trainspot.evaluation.calculation.EvaluationCalculation`
+(``trainspot.evaluation``). ``CONFIG`` is a JSON file whose paths are all relative to the working
+directory::
+
+    {
+      "members": [{"label": "member_0", "engine": "mace", "model": "models/member_0/x.model",
+                   "extensions": null}, ...],
+      "datasets": [{"name": "explored", "index": "datasets/explored.index.h5",
+                    "output": "predictions/explored.h5"}, ...],
+      "shards": "shards",
+      "device": "cpu", "dtype": "float64", "batch_size": 1, "chunk_size": 1000,
+      "calibration": null or Calibration.to_dict(),
+      "metrics": "metrics.json"
+    }
+
+Every model is loaded once (:func:`aiida_trainspot.training.loader.load_calculator`); each dataset
+(a dataset index and its shards, see :mod:`aiida_trainspot.data.store`) is read ``chunk_size``
+frames at a time; every chunk goes through every member
+(:func:`aiida_trainspot.evaluation.inference.predict_committee`). For each dataset the columns of
+:func:`~aiida_trainspot.evaluation.inference.prediction_columns` are written as one shard to its
+``output``; the metrics of every dataset (RMSE/MAE per split, disagreement distribution) go to
+``metrics`` last, so a complete metrics file means a complete job. Files are written under a
+temporary name and renamed, so a killed job leaves no truncated output. A one-line JSON report
+(frames, seconds, frames/s) is printed on stdout.
+
+Imports no AiiDA. Exit status: 0 on success; 2 on wrong usage; 3 when a model cannot be loaded,
+4 when an input cannot be read, 5 when a member fails on a frame (a line starting with
+``MODEL LOAD FAILED``, ``INPUT UNREADABLE`` or ``INFERENCE FAILED`` on stderr says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aiida_trainspot.data.columns import STRUCTURE_COLUMNS, concatenate_columns
+from aiida_trainspot.data.store import DatasetIndex, FrameStore, write_shard
+from aiida_trainspot.evaluation.calibration import Calibration
+from aiida_trainspot.evaluation.disagreement import DISAGREEMENT_UNITS, METRIC_UNITS, PROPERTIES
+from aiida_trainspot.evaluation.inference import (
+    DISAGREEMENT_NAMES,
+    SPLIT_COLUMN,
+    InferenceError,
+    MetricsAccumulator,
+    disagreement_summary,
+    predict_committee,
+    prediction_columns,
+    reference_labels,
+    split_column,
+)
+from aiida_trainspot.training.loader import load_calculator
+
+MODEL_LOAD_FAILED = 'MODEL LOAD FAILED'
+INPUT_FAILED = 'INPUT UNREADABLE'
+INFERENCE_FAILED = 'INFERENCE FAILED'
+EXIT_MODEL_LOAD_FAILED = 3
+EXIT_INPUT_FAILED = 4
+EXIT_INFERENCE_FAILED = 5
+
+
+class _RunnerError(Exception):
+    def __init__(self, prefix: str, status: int, detail: str):
+        super().__init__(detail)
+        self.prefix = prefix
+        self.status = status
+        self.detail = detail
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='trainspot-evaluate',
+        description='Evaluate a committee of potentials on datasets (see the module docstring).',
+    )
+    parser.add_argument('config', help='evaluation config (JSON)')
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f'{type(exc).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
+
+
+def _write_atomically(target: Path, write) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f'.{target.name}.partial')
+    write(partial)
+    os.replace(partial, target)
+
+
+def load_members(config: dict[str, Any]) -> list[Any]:
+    """One ASE calculator per member, loaded once."""
+    calculators = []
+    for member in config['members']:
+        try:
+            calculators.append(
+                load_calculator(
+                    member['engine'],
+                    member['model'],
+                    device=config.get('device', 'cpu'),
+                    dtype=config.get('dtype', 'float64'),
+                    extensions_dir=member.get('extensions'),
+                )
+            )
+        except Exception as exc:
+            raise _RunnerError(
+                MODEL_LOAD_FAILED, EXIT_MODEL_LOAD_FAILED, f'{member["label"]}: {_one_line(exc)}'
+            ) from exc
+    return calculators
+
+
+def evaluate_dataset(
+    entry: dict[str, Any],
+    shards: Path,
+    calculators: Sequence[Any],
+    labels: Sequence[str],
+    *,
+    batch_size: int,
+    chunk_size: int,
+    calibration: Calibration | None,
+) -> dict[str, Any]:
+    """Evaluate one dataset; write its predictions shard; return its metrics."""
+    name = entry['name']
+    try:
+        index = DatasetIndex.from_file(entry['index'])
+        store = FrameStore(index, lambda shard: str(shards / f'{shard}.h5'))
+        wanted = [c for c in (*PROPERTIES, SPLIT_COLUMN) if c in index.columns]
+        missing = [c for c in STRUCTURE_COLUMNS if c not in index.columns]
+        if missing:
+            raise ValueError(f'the dataset has no {missing} columns')
+    except Exception as exc:
+        raise _RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, f'{name}: {_one_line(exc)}') from exc
+    accumulator = MetricsAccumulator(len(calculators))
+    parts = []
+    deltas: dict[str, list[np.ndarray]] = {key: [] for key in DISAGREEMENT_NAMES}
+    n_labelled = dict.fromkeys(PROPERTIES, 0)
+    n_stress = 0
+    with store:
+        chunks = store.iter_chunks(chunk_size, wanted)
+        while True:
+            try:
+                start, columns = next(chunks)
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise _RunnerError(
+                    INPUT_FAILED, EXIT_INPUT_FAILED, f'{name}: {_one_line(exc)}'
+                ) from exc
+            try:
+                predictions = predict_committee(calculators, columns, batch_size=batch_size)
+            except InferenceError as exc:
+                detail = (
+                    f'dataset {name}, frame {start + exc.frame}, member {labels[exc.member]}: '
+                    f'{exc.reason}'
+                )
+                raise _RunnerError(INFERENCE_FAILED, EXIT_INFERENCE_FAILED, detail) from exc
+            reference = reference_labels(columns)
+            accumulator.add(predictions, reference, split_column(columns))
+            part = prediction_columns(predictions, reference, calibration)
+            parts.append(part)
+            for key in DISAGREEMENT_NAMES:
+                deltas[key].append(part.frame[key])
+            if reference is not None:
+                for prop in PROPERTIES:
+                    n_labelled[prop] += int(reference.mask(prop).sum())
+            n_stress += int(predictions.stress_present().sum())
+    output = concatenate_columns(parts)
+    _write_atomically(Path(entry['output']), lambda path: write_shard(output, str(path)))
+    return {
+        'n_frames': int(output.n_frames),
+        'n_atoms': int(output.n_atoms.sum()),
+        'n_labelled': n_labelled,
+        'n_stress_predicted': n_stress,
+        'splits': accumulator.to_dict(),
+        'disagreement': disagreement_summary(
+            {k: np.concatenate(v) if v else np.zeros(0) for k, v in deltas.items()}, calibration
+        ),
+    }
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate every dataset of ``config``; write the outputs; return the report."""
+    labels = [member['label'] for member in config['members']]
+    try:
+        calibration = None
+        if config.get('calibration'):
+            calibration = Calibration.from_dict(config['calibration'])
+        batch_size = int(config.get('batch_size', 1))
+        chunk_size = int(config.get('chunk_size', 1000))
+        shards = Path(config.get('shards', 'shards'))
+    except Exception as exc:
+        raise _RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, f'config: {_one_line(exc)}') from exc
+    start = time.perf_counter()
+    calculators = load_members(config)
+    load_seconds = time.perf_counter() - start
+    datasets = {}
+    timing = {}
+    for entry in config['datasets']:
+        begin = time.perf_counter()
+        datasets[entry['name']] = evaluate_dataset(
+            entry,
+            shards,
+            calculators,
+            labels,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            calibration=calibration,
+        )
+        seconds = time.perf_counter() - begin
+        n_frames = datasets[entry['name']]['n_frames']
+        timing[entry['name']] = {
+            'n_frames': n_frames,
+            'seconds': round(seconds, 3),
+            'frames_per_second': round(n_frames / seconds, 3) if seconds > 0 else None,
+        }
+    metrics = {
+        'members': labels,
+        'engine': config['members'][0]['engine'] if config['members'] else None,
+        'device': config.get('device', 'cpu'),
+        'dtype': config.get('dtype', 'float64'),
+        'batch_size': batch_size,
+        'units': dict(METRIC_UNITS),
+        'disagreement_units': dict(DISAGREEMENT_UNITS),
+        'calibration': calibration.to_dict() if calibration is not None else None,
+        'datasets': datasets,
+    }
+    _write_atomically(
+        Path(config.get('metrics', 'metrics.json')),
+        lambda path: path.write_text(json.dumps(metrics, indent=1, sort_keys=True)),
+    )
+    return {'load_seconds': round(load_seconds, 3), 'datasets': timing}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluation; return the exit status (console scripts ``sys.exit`` it)."""
+    args = _parser().parse_args(argv)
+    try:
+        try:
+            config = json.loads(Path(args.config).read_text())
+            if not config.get('members') or not config.get('datasets'):
+                raise ValueError('the config names no members or no datasets')
+        except Exception as exc:
+            raise _RunnerError(
+                INPUT_FAILED, EXIT_INPUT_FAILED, f'{args.config}: {_one_line(exc)}'
+            ) from exc
+        report = run(config)
+    except _RunnerError as failure:
+        traceback.print_exception(failure.__cause__ or failure, file=sys.stderr)
+        print(f'{failure.prefix}: {failure.detail}', file=sys.stderr, flush=True)
+        return failure.status
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Committee inference (pure core): real tiny models per frame and batched, columns, metrics."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, diamond100
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+
+from aiida_trainspot.data.columns import Columns, concatenate_columns
+from aiida_trainspot.data.convert import columns_from_atoms
+from aiida_trainspot.evaluation.calibration import Calibration
+from aiida_trainspot.evaluation.disagreement import (
+    CommitteePredictions,
+    ReferenceLabels,
+    committee_disagreement,
+    committee_statistics,
+    error_metrics,
+    true_errors,
+)
+from aiida_trainspot.evaluation.inference import (
+    ATOM_COLUMNS,
+    FRAME_COLUMNS,
+    InferenceError,
+    MetricsAccumulator,
+    disagreement_summary,
+    frames_as_atoms,
+    predict_committee,
+    predict_member,
+    prediction_columns,
+    reference_labels,
+    split_column,
+    supports_batching,
+)
+from aiida_trainspot.training.loader import load_calculator
+
+
+def mixed_frames() -> list[Atoms]:
+    """Periodic bulk cells of two sizes, a slab (periodic in 2D), a cluster and a lone atom."""
+    rng = np.random.default_rng(11)
+    frames = []
+    for index in range(7):
+        atoms = bulk('C', 'diamond', a=3.567, cubic=index % 2 == 0)
+        if index == 3:
+            atoms = atoms.repeat((2, 1, 1))
+        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+        frames.append(atoms)
+    slab = diamond100('C', size=(2, 2, 3), vacuum=4.0)
+    slab.positions += rng.normal(0.0, 0.03, slab.positions.shape)
+    frames.insert(2, slab)
+    cluster = Atoms('C4', positions=[[0, 0, 0], [1.4, 0, 0], [0, 1.45, 0], [0.1, 0.2, 1.35]])
+    frames.insert(5, cluster)
+    frames.append(Atoms('C', positions=[[0.0, 0.0, 0.0]]))
+    return frames
+
+
+def direct(calculator, frames):
+    """Plain ASE, one frame at a time: energy, forces, stress (None unless fully periodic)."""
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        stress = atoms.get_stress() if atoms.pbc.all() else None
+        out.append((atoms.get_potential_energy(), atoms.get_forces(), stress))
+    return out
+
+
+@pytest.fixture(scope='module')
+def calculators(tiny_committee_files):
+    return {
+        engine: [
+            load_calculator(engine, m['model'], dtype='float64', extensions_dir=m['extensions'])
+            for m in members
+        ]
+        for engine, members in tiny_committee_files.items()
+    }
+
+
+def check_member(result, expected, frames, rtol=0.0, atol=0.0):
+    np.testing.assert_allclose(result.energy, [e for e, _, _ in expected], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(
+        result.forces, np.concatenate([f for _, f, _ in expected]), rtol=rtol, atol=atol
+    )
+    periodic = np.array([a.pbc.all() for a in frames])
+    assert np.isnan(result.stress[~periodic]).all()
+    expected_stress = np.reshape([s for _, _, s in expected if s is not None], (-1, 6))
+    np.testing.assert_allclose(result.stress[periodic], expected_stress, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize('engine', ['mace', 'metatrain'])
+def test_per_frame_is_plain_ase(calculators, engine):
+    frames = mixed_frames()
+    calculator = calculators[engine][0]
+    expected = direct(calculator, frames)
+    result = predict_member(calculator, frames)
+    # the same ASE calls; metatomic keeps Verlet neighbour lists (with a skin) between calls, so
+    # a second pass over the frames may sum the pairs in another order
+    tolerance = 0.0 if engine == 'mace' else 1e-13
+    check_member(result, expected, frames, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize('engine', ['mace', 'metatrain'])
+@pytest.mark.parametrize('batch_size', [3, 64])
+def test_batched_equals_per_frame(calculators, engine, batch_size):
+    frames = mixed_frames()
+    calculator = calculators[engine][1]
+    assert supports_batching(calculator) == ('mace' if engine == 'mace' else 'metatomic')
+    expected = direct(calculator, frames)
+    result = predict_member(calculator, frames, batch_size=batch_size)
+    check_member(result, expected, frames, rtol=1e-10, atol=1e-10)
+
+
+def test_mace_batched_float32(tiny_committee_files):
+    member = tiny_committee_files['mace'][0]
+    calculator = load_calculator('mace', member['model'], dtype='float32')
+    frames = mixed_frames()
+    expected = direct(calculator, frames)
+    result = predict_member(calculator, frames, batch_size=4)
+    check_member(result, expected, frames, rtol=1e-5, atol=1e-5)
+
+
+def test_other_calculators_go_frame_by_frame():
+    frames = [
+        bulk('Cu', 'fcc', a=3.6, cubic=True),
+        Atoms('Cu2', positions=[[0, 0, 0], [2.5, 0, 0]]),
+    ]
+    frames[0].rattle(0.05, seed=1)
+    assert supports_batching(EMT()) is None
+    result = predict_member(EMT(), frames, batch_size=8)
+    check_member(result, direct(EMT(), frames), frames)
+
+
+class Failing(Calculator):
+    implemented_properties = ('energy', 'forces', 'stress')
+
+    def __init__(self, bad_frame_atoms, value=None):
+        super().__init__()
+        self.bad = bad_frame_atoms
+        self.value = value
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        if len(atoms) == self.bad and self.value is None:
+            raise RuntimeError('boom\nsecond line')
+        energy = self.value if len(atoms) == self.bad else -1.0 * len(atoms)
+        self.results = {
+            'energy': energy,
+            'forces': np.zeros((len(atoms), 3)),
+            'stress': np.zeros(6),
+        }
+
+
+def test_failures_name_member_and_frame():
+    frames = [Atoms('H', cell=[5, 5, 5], pbc=True), Atoms('H2', [[0, 0, 0], [0, 0, 0.7]])]
+    with pytest.raises(InferenceError, match=r'member 3 failed on frame 1: RuntimeError: boom$'):
+        predict_member(Failing(2), frames, member=3)
+    with pytest.raises(InferenceError, match='frame 1: non-finite energy nan') as info:
+        predict_member(Failing(2, np.nan), frames)
+    assert (info.value.member, info.value.frame) == (0, 1)
+
+
+def synthetic(rng, n_members=3, n_frames=9, stress_missing=(2, 5)):
+    n_atoms = rng.integers(1, 6, n_frames)
+    total = int(n_atoms.sum())
+    energy = rng.normal(-5.0, 1.0, (n_members, n_frames))
+    forces = rng.normal(0.0, 1.0, (n_members, total, 3))
+    stress = rng.normal(0.0, 0.01, (n_members, n_frames, 6))
+    mask = np.ones(n_frames, dtype=bool)
+    mask[list(stress_missing)] = False
+    predictions = CommitteePredictions(n_atoms, energy, forces, stress, stress_mask=mask)
+    energy_mask = np.ones(n_frames, dtype=bool)
+    energy_mask[0] = False
+    labels = ReferenceLabels(
+        n_atoms,
+        energy=rng.normal(-5.0, 1.0, n_frames),
+        forces=rng.normal(0.0, 1.0, (total, 3)),
+        stress=rng.normal(0.0, 0.01, (n_frames, 6)),
+        energy_mask=energy_mask,
+    )
+    return predictions, labels
+
+
+def test_prediction_columns_are_the_pure_statistics():
+    rng = np.random.default_rng(5)
+    predictions, labels = synthetic(rng)
+    calibration = Calibration(slopes={'energy': 2.0, 'forces': 0.5})
+    columns = prediction_columns(predictions, labels, calibration)
+    assert set(columns.frame) == set(FRAME_COLUMNS) | {
+        'estimated_error_energy',
+        'estimated_error_forces',
+    }
+    assert set(columns.atom) == set(ATOM_COLUMNS)
+    stats = committee_statistics(predictions)
+    delta = committee_disagreement(predictions)
+    errors = true_errors(predictions, labels)
+    has_stress = predictions.stress_present()
+    np.testing.assert_array_equal(columns.frame['energy_members'], predictions.energy.T)
+    np.testing.assert_array_equal(
+        columns.atom['forces_members'], predictions.forces.transpose(1, 0, 2)
+    )
+    np.testing.assert_array_equal(columns.atom['forces_mean'], stats.mean_forces)
+    np.testing.assert_array_equal(columns.atom['forces_std'], stats.std_forces)
+    np.testing.assert_array_equal(columns.frame['energy_mean'], stats.mean_energy)
+    np.testing.assert_array_equal(columns.frame['energy_std_per_atom'], delta.energy)
+    for name in ('energy', 'forces', 'forces_max', 'stress'):
+        np.testing.assert_array_equal(columns.frame[f'delta_{name}'], delta[name])
+    for name in ('energy', 'forces', 'stress'):
+        np.testing.assert_array_equal(columns.frame[f'eps_{name}'], errors[name])
+    np.testing.assert_array_equal(columns.frame['estimated_error_energy'], delta.energy / 2.0)
+    np.testing.assert_array_equal(columns.frame['estimated_error_forces'], delta.forces / 0.5)
+    np.testing.assert_array_equal(
+        columns.frame['stress_mean'][has_stress], stats.mean_stress[has_stress]
+    )
+    # every NaN has its mask False, every mask False a NaN
+    for name, values in columns.frame.items():
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        np.testing.assert_array_equal(columns.mask(name), finite, err_msg=name)
+    for name in ('stress_members', 'stress_mean', 'stress_std', 'delta_stress'):
+        np.testing.assert_array_equal(columns.mask(name), has_stress)
+    assert not columns.mask('eps_energy')[0]
+    # without labels or calibration: eps columns all missing, no estimated errors
+    bare = prediction_columns(predictions)
+    assert set(bare.frame) == set(FRAME_COLUMNS)
+    assert not bare.mask('eps_forces').any()
+
+
+def test_metrics_accumulate_over_chunks_exactly():
+    rng = np.random.default_rng(9)
+    predictions, labels = synthetic(rng, n_frames=12)
+    splits = np.array(['train', 'validation', '', 'test'] * 3, dtype=object)
+    splits[7] = 'train'
+    accumulator = MetricsAccumulator(predictions.n_members)
+    offsets = np.concatenate([[0], np.cumsum(predictions.n_atoms)])
+    for frames in (np.arange(0, 5), np.arange(5, 6), np.arange(6, 12)):
+        atoms = slice(offsets[frames[0]], offsets[frames[-1] + 1])
+        part = CommitteePredictions(
+            predictions.n_atoms[frames],
+            predictions.energy[:, frames],
+            predictions.forces[:, atoms],
+            predictions.stress[:, frames],
+        )
+        part_labels = ReferenceLabels(
+            labels.n_atoms[frames],
+            energy=labels.energy[frames],
+            forces=labels.forces[atoms],
+            stress=labels.stress[frames],
+            energy_mask=labels.energy_mask[frames],
+        )
+        accumulator.add(part, part_labels, splits[frames])
+    result = accumulator.to_dict()
+    assert list(result) == ['all', 'train', 'validation', 'test', 'unassigned']
+    groups = {
+        'all': None,
+        'train': splits == 'train',
+        'validation': splits == 'validation',
+        'test': splits == 'test',
+        'unassigned': splits == '',
+    }
+    for group, mask in groups.items():
+        expected = error_metrics(predictions, labels, mask)
+        assert result[group]['n_frames'] == (12 if mask is None else int(mask.sum()))
+        for name, metrics in expected.items():
+            got = result[group][name]
+            assert got['n_frames'] == metrics.n_frames
+            assert got['n_values'] == metrics.n_values
+            assert got['unit'] == metrics.unit
+            np.testing.assert_allclose(got['member_rmse'], metrics.member_rmse, rtol=1e-12)
+            np.testing.assert_allclose(got['member_mae'], metrics.member_mae, rtol=1e-12)
+            np.testing.assert_allclose(got['committee_rmse'], metrics.committee_rmse, rtol=1e-12)
+            np.testing.assert_allclose(got['member_rmse_std'], metrics.member_rmse_std, rtol=1e-9)
+
+
+def test_metrics_without_labels_or_splits():
+    rng = np.random.default_rng(2)
+    predictions, _ = synthetic(rng)
+    accumulator = MetricsAccumulator(predictions.n_members)
+    accumulator.add(predictions, None, None)
+    result = accumulator.to_dict()
+    assert list(result) == ['all']
+    assert result['all']['n_frames'] == predictions.n_frames
+    assert result['all']['energy']['n_frames'] == 0
+    assert result['all']['energy']['committee_rmse'] is None
+    assert result['all']['forces']['member_rmse'] == [None] * 3
+
+
+def test_committee_on_columns_and_labels_from_columns(calculators, labelled_carbon_frames):
+    columns = columns_from_atoms(labelled_carbon_frames[:5])
+    columns.frame['split'] = np.array(['train', 'test', '', 'train', 'validation'], dtype=object)
+    columns.present['split'] = np.array([True, True, False, True, True])
+    assert list(split_column(columns)) == ['train', 'test', '', 'train', 'validation']
+    labels = reference_labels(columns)
+    assert labels.mask('stress').all()
+    assert reference_labels(Columns(n_atoms=columns.n_atoms, frame={}, atom={})) is None
+    frames = frames_as_atoms(columns)
+    assert [len(a) for a in frames] == list(columns.n_atoms)
+    committee = calculators['mace']
+    predictions = predict_committee(committee, columns)
+    for index, calculator in enumerate(committee):
+        expected = direct(calculator, labelled_carbon_frames[:5])
+        np.testing.assert_array_equal(predictions.energy[index], [e for e, _, _ in expected])
+        np.testing.assert_array_equal(predictions.stress[index], [s for *_, s in expected])
+    joined = concatenate_columns([prediction_columns(predictions, labels)])
+    assert joined.n_frames == 5
+
+
+def test_disagreement_summary_counts_candidates():
+    values = {
+        'delta_energy': np.array([0.001, 0.004, np.nan, 0.002]),
+        'delta_forces': np.array([0.1, 0.05, 0.3, 0.2]),
+        'delta_forces_max': np.array([0.2, 0.1, 0.5, 0.4]),
+        'delta_stress': np.full(4, np.nan),
+    }
+    calibration = Calibration(slopes={'energy': 2.0, 'forces': 1.5})  # tau 2e-3 and 0.15
+    summary = disagreement_summary(values, calibration)
+    assert summary['delta_energy']['n_frames'] == 3
+    assert summary['delta_energy']['max'] == pytest.approx(0.004)
+    assert summary['delta_forces']['median'] == pytest.approx(0.15)
+    assert summary['delta_forces_max']['unit'] == 'eV/Angstrom'
+    assert summary['delta_stress'] == {
+        'unit': 'eV/Angstrom^3', 'n_frames': 0, 'mean': None, 'median': None, 'p95': None,
+        'max': None,
+    }  # fmt: skip
+    assert summary['calibration']['n_above_threshold'] == {'energy': 1, 'forces': 2}
+    assert summary['calibration']['n_candidates'] == 3
