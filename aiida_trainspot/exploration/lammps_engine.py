@@ -1,0 +1,308 @@
+"""The ``lammps`` exploration engine on upstream aiida-lammps (``lammps.raw``): inputs, frames back.
+
+One MD run per starting frame is one :class:`~aiida_lammps.calculations.raw.LammpsRawCalculation`
+(entry point ``lammps.raw``): its ``script`` is :func:`.lammps_input.md_script`'s, its ``files``
+the data file (``structure.data``) and the potential's files, and ``settings`` asks for the dump
+(``trajectory.dump``) and the samples (``samples.dat``) besides LAMMPS' output (``lammps.out``).
+Everything in the job folder is relative, so a run goes unchanged to a remote computer.
+
+- :func:`classical_potential` / :func:`model_potential`: a :class:`LammpsPotential` (pair-style
+  spec of :mod:`.lammps_input` + the files it needs as ``SinglefileData``), from a LAMMPS
+  parameter file or from a :class:`~aiida_trainspot.training.model.PotentialModel`.
+- :func:`md_inputs`: the inputs of one ``lammps.raw`` job and its ``conversion`` ``Dict``
+  (types, rotation, atoms, MD targets), which the frames need to come back.
+- :func:`lammps_trajectory_frames` (calcfunction): the retrieved folders of finished runs and
+  their ``conversion`` nodes -> ``frames`` (a :class:`~aiida_trainspot.data.PESData`, every run
+  in order) and ``summary`` (a ``Dict`` per run: frames, last step, ``fix halt`` abort).
+  :func:`collect_frames` calls it for a list of finished jobs.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from aiida import orm
+from aiida.engine import calcfunction
+from ase import Atoms
+
+from aiida_trainspot.data.pesdata import PESData
+
+from .lammps_input import (
+    DATA_FILE,
+    DUMP_FILE,
+    SAMPLES_FILE,
+    LammpsInputError,
+    check_potential,
+    lammps_species,
+    prepare_run,
+    trajectory_records,
+)
+
+__all__ = (
+    'ENGINE',
+    'RAW_PLUGIN',
+    'LammpsPotential',
+    'classical_potential',
+    'collect_frames',
+    'lammps_trajectory_frames',
+    'md_inputs',
+    'model_potential',
+)
+
+ENGINE = 'lammps'
+#: The aiida-lammps calculation every run uses.
+RAW_PLUGIN = 'lammps.raw'
+#: LAMMPS' screen output, which ``lammps.raw`` always retrieves.
+OUTPUT_FILE = 'lammps.out'
+SCRIPT_FILE = 'input.in'
+EXTENSIONS_DIR = 'extensions'
+DEFAULT_OPTIONS = {
+    'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1},
+    'withmpi': False,
+}
+
+
+@dataclass
+class LammpsPotential:
+    """A pair-style spec of :mod:`.lammps_input` and the files the job folder needs for it.
+
+    ``files`` maps a file name in the job folder to its node; ``prepend_text`` holds shell
+    lines that move files into sub-folders (``lammps.raw`` writes its files flat: metatomic's
+    extensions need their tree); ``species`` are those the potential knows, if it says
+    (a model's), which then become the atom types of every run.
+    """
+
+    spec: dict[str, Any]
+    files: dict[str, orm.SinglefileData] = field(default_factory=dict)
+    prepend_text: str = ''
+    species: list[str] | None = None
+
+
+def _singlefile(source: str | Path | orm.SinglefileData) -> orm.SinglefileData:
+    """``source`` itself if a node, else a new node of the file at that path (same name)."""
+    if isinstance(source, orm.SinglefileData):
+        return source
+    return orm.SinglefileData(Path(source), filename=Path(source).name)
+
+
+def classical_potential(
+    pair_style: str,
+    parameter_file: str | Path | orm.SinglefileData | None = None,
+    *,
+    dispersion: Mapping[str, Any] | None = None,
+    species: Sequence[str] | None = None,
+) -> LammpsPotential:
+    """A classical LAMMPS potential: ``pair_style`` + one coefficient file for all types.
+
+    E.g. ``classical_potential('tersoff', '/usr/share/lammps/potentials/SiC.tersoff')`` gives
+    ``pair_style tersoff`` and ``pair_coeff * * SiC.tersoff <element per type>``.
+    ``dispersion`` (``{'s6', 'd', 'cutoff', 'parameters'}``, any subset, or ``{}``) adds Grimme
+    D2. ``species`` (optional) fixes the atom types of every run.
+    """
+    spec: dict[str, Any] = {'kind': 'classical', 'pair_style': pair_style}
+    files = {}
+    if parameter_file is not None:
+        node = _singlefile(parameter_file)
+        spec['file'] = node.filename
+        files[node.filename] = node
+    if dispersion is not None:
+        spec['dispersion'] = dict(dispersion)
+    check_potential(spec)
+    return LammpsPotential(
+        spec=spec, files=files, species=lammps_species(species) if species else None
+    )
+
+
+def model_potential(
+    model: Any,
+    *,
+    lammps_model: str | Path | orm.SinglefileData | None = None,
+    device: str | None = 'cpu',
+    dispersion: Mapping[str, Any] | None = None,
+) -> LammpsPotential:
+    """The LAMMPS potential of a :class:`~aiida_trainspot.training.model.PotentialModel`.
+
+    - ``mace``: ``pair_style mace no_domain_decomposition`` with ``lammps_model``, the model
+      converted for LAMMPS (``mace_create_lammps_model model.model`` writes
+      ``model.model-lammps.pt``); required, the training ``.model`` does not load in LAMMPS.
+    - ``metatrain``: ``pair_style metatomic`` with the exported model itself (or
+      ``lammps_model``) on ``device``, with its ``extensions`` folder when it has one.
+
+    The model's species become the atom types of every run.
+    """
+    engine = model.engine
+    species = lammps_species(model.species)
+    files: dict[str, orm.SinglefileData] = {}
+    prepend: list[str] = []
+    if engine == 'mace':
+        if lammps_model is None:
+            raise LammpsInputError(
+                'a MACE model needs `lammps_model`: convert it with `mace_create_lammps_model` '
+                '(LAMMPS reads `<model>-lammps.pt`, not the training `.model`)'
+            )
+        node = _singlefile(lammps_model)
+        spec: dict[str, Any] = {'kind': 'mace', 'file': node.filename}
+        files[node.filename] = node
+    elif engine == 'metatrain':
+        if lammps_model is not None:
+            node = _singlefile(lammps_model)
+        else:
+            repository = model.base.repository
+            content = repository.get_object_content(f'model/{model.model_filename}', 'rb')
+            node = orm.SinglefileData(io.BytesIO(content), filename=model.model_filename)
+        spec = {'kind': 'metatomic', 'file': node.filename}
+        if device:
+            spec['device'] = device
+        files[node.filename] = node
+        if model.has_extensions:
+            spec['extensions'] = EXTENSIONS_DIR
+            extension_files, prepend = _extension_files(model)
+            files.update(extension_files)
+    else:
+        raise LammpsInputError(f'no LAMMPS pair style for models of engine {engine!r}')
+    if dispersion is not None:
+        spec['dispersion'] = dict(dispersion)
+    check_potential(spec)
+    return LammpsPotential(spec=spec, files=files, prepend_text='\n'.join(prepend), species=species)
+
+
+def _extension_files(model: Any) -> tuple[dict[str, orm.SinglefileData], list[str]]:
+    """The model's ``extensions/`` tree as flat files and the shell lines that rebuild it."""
+    repository = model.base.repository
+    files: dict[str, orm.SinglefileData] = {}
+    lines = []
+    for root, _, names in repository.walk(EXTENSIONS_DIR):
+        for name in sorted(names):
+            path = PurePosixPath(root) / name
+            flat = 'extension_' + re.sub(
+                r'[^A-Za-z0-9_.-]', '_', str(path.relative_to(EXTENSIONS_DIR))
+            )
+            content = repository.get_object_content(str(path), 'rb')
+            files[flat] = orm.SinglefileData(io.BytesIO(content), filename=flat)
+            lines.append(f"mkdir -p '{path.parent}' && mv '{flat}' '{path}'")
+    return files, lines
+
+
+def md_inputs(
+    code: orm.AbstractCode,
+    atoms: Atoms,
+    potential: LammpsPotential,
+    md: Mapping[str, Any],
+    *,
+    species: Sequence[str] | None = None,
+    run_id: str | int = 0,
+    source_frame: int = 0,
+    include_initial: bool = False,
+    options: Mapping[str, Any] | None = None,
+    label: str | None = None,
+) -> tuple[dict[str, Any], orm.Dict]:
+    """Inputs of one ``lammps.raw`` MD run from ``atoms``, and its ``conversion`` ``Dict``.
+
+    ``md``: :func:`.lammps_input.md_script`'s settings (``temperature`` K, ``steps``, ``seed``
+    required; ``ensemble``, ``pressure`` bar, ``barostat``, ``timestep_fs``,
+    ``sample_interval``, ``tdamp_fs``, ``pdamp_fs``, ``max_temperature``, ``min_distance``).
+    ``species``: the atom types (default: the potential's species, else the structure's).
+    ``options`` update ``metadata.options`` (default: one process, no MPI). Launch with
+    ``submit(CalculationFactory('lammps.raw'), **inputs)``; keep the ``conversion`` for
+    :func:`lammps_trajectory_frames`.
+    """
+    types = species if species is not None else potential.species
+    prepared = prepare_run(
+        atoms,
+        potential.spec,
+        md,
+        species=types,
+        run_id=run_id,
+        source_frame=source_frame,
+        include_initial=include_initial,
+    )
+    files = {
+        'structure': orm.SinglefileData(io.BytesIO(prepared.data.encode()), filename=DATA_FILE)
+    }
+    filenames = {'structure': DATA_FILE}
+    for index, (name, node) in enumerate(sorted(potential.files.items())):
+        key = f'potential_{index}'
+        files[key] = node
+        filenames[key] = name
+    metadata_options = {**DEFAULT_OPTIONS, **dict(options or {})}
+    if potential.prepend_text:
+        existing = metadata_options.get('prepend_text', '')
+        metadata_options['prepend_text'] = '\n'.join(
+            part for part in (existing, potential.prepend_text) if part
+        )
+    inputs = {
+        'code': code,
+        'script': orm.SinglefileData(io.BytesIO(prepared.script.encode()), filename=SCRIPT_FILE),
+        'files': files,
+        'filenames': orm.Dict(filenames),
+        'settings': orm.Dict({'additional_retrieve_list': [DUMP_FILE, SAMPLES_FILE]}),
+        'metadata': {
+            'label': label or f'lammps-md-{run_id}',
+            'options': metadata_options,
+        },
+    }
+    return inputs, orm.Dict(prepared.conversion)
+
+
+def _natural_key(label: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r'(\d+)', label))
+
+
+def _text(folder: orm.FolderData, name: str, required: bool = True) -> str:
+    if name not in folder.base.repository.list_object_names():
+        if required:
+            raise ValueError(f'the retrieved folder <{folder.pk}> has no {name}')
+        return ''
+    return folder.base.repository.get_object_content(name, 'r')
+
+
+@calcfunction
+def lammps_trajectory_frames(**runs: orm.Data) -> dict[str, orm.Data]:
+    """The frames of finished LAMMPS runs: ``retrieved_<k>`` + ``conversion_<k>`` per run.
+
+    Returns ``frames`` (a PESData of every run's frames, runs in natural order of ``k``, frames
+    by step; metadata of :func:`.lammps_input.trajectory_records`) and ``summary`` (``{'runs':
+    [per-run summary], 'n_frames': total}``). Raises if a dump does not hold the structure's
+    elements atom by atom.
+    """
+    keys = sorted(
+        (k[len('retrieved_') :] for k in runs if k.startswith('retrieved_')), key=_natural_key
+    )
+    unpaired = sorted(set(runs) - {f'{p}_{k}' for k in keys for p in ('retrieved', 'conversion')})
+    if unpaired or not all(f'conversion_{k}' in runs for k in keys):
+        raise ValueError(f'give `retrieved_<k>` and `conversion_<k>` pairs; unpaired: {unpaired}')
+    records: list[dict[str, Any]] = []
+    summaries = []
+    for key in keys:
+        folder = runs[f'retrieved_{key}']
+        conversion = runs[f'conversion_{key}'].get_dict()
+        run_records, summary = trajectory_records(
+            _text(folder, DUMP_FILE),
+            _text(folder, SAMPLES_FILE, required=False),
+            _text(folder, OUTPUT_FILE, required=False),
+            conversion,
+        )
+        records += run_records
+        summaries.append(summary)
+    return {
+        'frames': PESData.from_frames(records),
+        'summary': orm.Dict({'runs': summaries, 'n_frames': len(records)}),
+    }
+
+
+def collect_frames(
+    calculations: Sequence[orm.CalcJobNode], conversions: Sequence[orm.Dict]
+) -> dict[str, orm.Data]:
+    """Run :func:`lammps_trajectory_frames` on finished ``lammps.raw`` jobs (in this order)."""
+    if len(calculations) != len(conversions):
+        raise ValueError('give one conversion per calculation')
+    kwargs: dict[str, orm.Data] = {}
+    for index, (calculation, conversion) in enumerate(zip(calculations, conversions, strict=True)):
+        kwargs[f'retrieved_{index}'] = calculation.outputs.retrieved
+        kwargs[f'conversion_{index}'] = conversion
+    return lammps_trajectory_frames(**kwargs)
