@@ -25,6 +25,7 @@ from aiida.plugins import WorkflowFactory
 from ase.data import chemical_symbols
 
 from aiida_trainspot.data import PESData
+from aiida_trainspot.workflows import throttle
 
 from .ase_calculation import AseLabelCalculation
 from .qe_labels import labels_from_qe
@@ -307,9 +308,7 @@ class AbInitioLabellingWorkChain(WorkChain):
 
     def setup(self) -> None:
         """Initialise the queue of frames."""
-        self.ctx.pending = list(range(len(self.inputs.dataset)))
-        self.ctx.inflight = []  # [frame index, pk] in submission order
-        self.ctx.finished = {}  # str(frame index) -> pk
+        throttle.init_queue(self.ctx, [str(i) for i in range(len(self.inputs.dataset))])
 
     def is_qe(self) -> bool:
         """Whether the qe engine labels the frames."""
@@ -321,29 +320,14 @@ class AbInitioLabellingWorkChain(WorkChain):
 
     def has_work(self) -> bool:
         """Whether frames are still waiting or running."""
-        return bool(self.ctx.pending or self.ctx.inflight)
+        return throttle.has_work(self.ctx)
 
     def submit_and_wait(self):
-        """Harvest finished runs, fill the free slots, then wait for the oldest run in flight.
-
-        Only terminated runs free a slot, so at most ``max_concurrent`` are ever in
-        flight; a slot is refilled when the run awaited (the oldest) finishes, and
-        every other run that finished meanwhile is harvested at the same time.
-        """
-        still = []
-        for index, pk in self.ctx.inflight:
-            if orm.load_node(pk).is_terminated:
-                self.ctx.finished[str(index)] = pk
-            else:
-                still.append([index, pk])
-        while self.ctx.pending and len(still) < self.inputs.max_concurrent.value:
-            index = self.ctx.pending.pop(0)
-            node = self.submit(self._pw_builder(index))
-            still.append([index, node.pk])
-        self.ctx.inflight = still
-        if still:
-            return ToContext(oldest=orm.load_node(still[0][1]))
-        return None
+        """Keep at most ``max_concurrent`` pw.x runs in flight (see :mod:`..workflows.throttle`)."""
+        limit = self.inputs.max_concurrent.value
+        return throttle.submit_and_wait(
+            self.ctx, limit, lambda key: self.submit(self._pw_builder(int(key)))
+        )
 
     def _pw_builder(self, index: int):
         qe = self.inputs.qe
