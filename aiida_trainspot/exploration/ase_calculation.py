@@ -1,0 +1,335 @@
+"""``AseMdCalculation`` (``trainspot.ase.md``): ASE molecular dynamics from many starting frames.
+
+One job runs one trajectory per starting frame with one committee member's potential, in ASE
+(the engine that runs wherever PyTorch runs: laptops, CI). The job folder gets, all at relative
+paths (the job runs unchanged on a remote computer where the package is installed):
+
+- ``frames.h5``: the starting frames (one shard, structure only);
+- ``model/<model file>`` (and ``model/extensions/`` for metatrain models);
+- ``md.json``: the runner's configuration (protocol with its defaults filled in, seed, device).
+
+The code (the ``trainspot-ase-md`` executable of this package,
+:mod:`aiida_trainspot.runners.ase_md`) writes ``trajectory.h5`` and ``summary.json``, which
+:class:`~aiida_trainspot.exploration.ase_parser.AseMdParser` turns into the outputs
+``trajectory`` and ``summary``. Ensembles, integrators, abort rules and units:
+:mod:`aiida_trainspot.exploration.md`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from aiida import orm
+from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.common.folders import Folder
+from aiida.engine import CalcJob
+
+from aiida_trainspot.data.pesdata import PESData
+from aiida_trainspot.data.store import write_shard
+from aiida_trainspot.training.loader import DEVICES, ENGINES
+from aiida_trainspot.training.model import EXTENSIONS_DIR, MODEL_DIR, PotentialModel
+
+from .md import (
+    ENGINE,
+    METADATA_COLUMNS,
+    PRESSURE_UNIT,
+    MdProtocol,
+    ProtocolError,
+    cell_problem,
+    d2_missing_species,
+)
+
+__all__ = ('AseMdCalculation',)
+
+FRAMES_FILE = 'frames.h5'
+CONFIG_FILE = 'md.json'
+TRAJECTORY_FILE = 'trajectory.h5'
+SUMMARY_FILE = 'summary.json'
+MODEL_FOLDER = 'model'
+STDOUT_FILE = 'trainspot-ase-md.out'
+STDERR_FILE = 'trainspot-ase-md.err'
+#: Engines whose calculators need the model's ``extensions/`` folder at load time.
+NEEDS_EXTENSIONS = frozenset({'metatrain'})
+_MAX_SEED = 2**63 - 1
+_MAX_REPORTED = 5
+
+
+def validate_model(value: PotentialModel | None, _ctx=None) -> str | None:
+    """A model of a known engine."""
+    if value is not None and value.engine not in ENGINES:
+        return f'`model`: unknown engine {value.engine!r}; known: {list(ENGINES)}'
+    return None
+
+
+def validate_structures(value: PESData | None, _ctx=None) -> str | None:
+    """At least one frame of two atoms or more (single atoms are skipped: no dynamics)."""
+    if value is None:
+        return None
+    if len(value) == 0:
+        return '`structures`: the dataset has no frames, there is nothing to run'
+    if (value.n_atoms_per_frame() < 2).all():
+        return '`structures`: every frame is a single atom, there is no dynamics to run'
+    return None
+
+
+def validate_parameters(value: orm.Dict | None, _ctx=None) -> str | None:
+    """A valid MD protocol (:meth:`MdProtocol.from_dict`)."""
+    if value is None:
+        return None
+    try:
+        MdProtocol.from_dict(value.get_dict())
+    except ProtocolError as exc:
+        return f'`parameters`: {exc}'
+    return None
+
+
+def validate_seed(value: orm.Int | None, _ctx=None) -> str | None:
+    """A non-negative 64-bit integer."""
+    if value is not None and not 0 <= value.value <= _MAX_SEED:
+        return f'`seed`: must be between 0 and {_MAX_SEED}, got {value.value}'
+    return None
+
+
+def validate_device(value: orm.Str | None, _ctx=None) -> str | None:
+    """'cpu' or 'cuda'."""
+    if value is not None and value.value not in DEVICES:
+        return f'`device`: {value.value!r} is not one of {list(DEVICES)}'
+    return None
+
+
+def _structure_problems(structures: PESData) -> list[str]:
+    """Frames whose cell cannot run (single atoms are not a problem: they are skipped)."""
+    columns = structures.get_columns([])
+    problems = []
+    for index, (cell, pbc, n_atoms) in enumerate(
+        zip(columns.frame['cell'], columns.frame['pbc'], columns.n_atoms, strict=True)
+    ):
+        if n_atoms < 2:
+            continue
+        problem = cell_problem(cell, pbc, int(n_atoms))
+        if problem is not None:
+            problems.append(f'frame {index}: {problem}')
+    return problems
+
+
+def validate_inputs(inputs: dict, ctx=None) -> str | None:
+    """Cross-checks of the protocol, the frames and the model.
+
+    Skipped for ports a wrapping workflow excluded.
+    """
+    if ctx is not None and any(port not in ctx for port in ('model', 'structures', 'parameters')):
+        return None
+    model, structures = inputs.get('model'), inputs.get('structures')
+    parameters = inputs.get('parameters')
+    if model is None or structures is None or parameters is None or len(structures) == 0:
+        return None
+    try:
+        protocol = MdProtocol.from_dict(parameters.get_dict(), len(structures))
+    except ProtocolError as exc:
+        return f'`parameters`: {exc}'
+    unknown = sorted(set(structures.species) - set(model.species))
+    if unknown:
+        return (
+            f'`structures`: species {unknown} are unknown to the model (it knows '
+            f'{sorted(model.species)}); remove those frames or train on them'
+        )
+    if protocol.dispersion_d2:
+        missing = d2_missing_species(structures.species)
+        if missing:
+            return (
+                f'`parameters`: dispersion_d2 is set but D2 has no parameters for {missing} '
+                '(it covers H to Xe)'
+            )
+    problems = _structure_problems(structures)
+    if problems:
+        more = len(problems) - _MAX_REPORTED
+        suffix = f' (and {more} more)' if more > 0 else ''
+        return f'`structures`: {"; ".join(problems[:_MAX_REPORTED])}{suffix}'
+    return None
+
+
+def run_id_prefix(inputs: dict[str, Any]) -> str:
+    """``ase-<12 hex digits>``: a digest of the model, frames, protocol and seed.
+
+    Independent of the job (the same inputs give the same run ids), distinct for distinct inputs.
+    """
+    content = {
+        'model': inputs['model'].uuid,
+        'structures': inputs['structures'].uuid,
+        'protocol': inputs['protocol'],
+        'seed': inputs['seed'],
+    }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return f'{ENGINE}-{digest[:12]}'
+
+
+class AseMdCalculation(CalcJob):
+    """Molecular dynamics from every starting frame with one potential, in ASE, in one job."""
+
+    @classmethod
+    def define(cls, spec):
+        """Inputs, outputs and exit codes."""
+        super().define(spec)
+        options = spec.inputs['metadata']['options']
+        options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+        options['withmpi'].default = False
+        options['parser_name'].default = 'trainspot.ase.md'
+
+        spec.input(
+            'model',
+            valid_type=PotentialModel,
+            validator=validate_model,
+            help='The potential that drives the dynamics (one committee member).',
+        )
+        spec.input(
+            'structures',
+            valid_type=PESData,
+            validator=validate_structures,
+            help=(
+                'The starting frames, one trajectory each (only their structure is used). '
+                'Periodic along any axis: NPT (barostat on the periodic axes only; a '
+                'non-periodic cell vector must be orthogonal to the periodic ones); periodic '
+                'along none: NVT. Single atoms are skipped.'
+            ),
+        )
+        spec.input(
+            'parameters',
+            valid_type=orm.Dict,
+            validator=validate_parameters,
+            help=(
+                'The MD protocol: temperatures (K) and pressures (bar), one per starting frame '
+                'or one for all; steps (production), thermalisation_steps, sample_interval, '
+                'timestep_fs (1); friction (1/fs, NVT Langevin, 0.01), ttime (fs, NPT '
+                'thermostat, 100), ptime (fs, barostat, 1000); dispersion_d2 (false), d2_s6 '
+                '(0.75), d2_cutoff (Angstrom, 30); abort rules min_distance (Angstrom, 0.5), '
+                'max_force (eV/Angstrom, 50), max_temperature_factor (5, after the '
+                'thermalisation). See aiida_trainspot.exploration.md.MdProtocol.'
+            ),
+        )
+        spec.input(
+            'seed',
+            valid_type=orm.Int,
+            default=lambda: orm.Int(0),
+            validator=validate_seed,
+            help=(
+                'Seed of the initial velocities and the Langevin noise (run i draws from '
+                '(seed, i)): the same seed gives the same frames.'
+            ),
+        )
+        spec.input(
+            'device',
+            valid_type=orm.Str,
+            default=lambda: orm.Str('cpu'),
+            validator=validate_device,
+            help=f'Torch device of the model: one of {list(DEVICES)}.',
+        )
+        spec.inputs.validator = validate_inputs
+
+        spec.output(
+            'trajectory',
+            valid_type=PESData,
+            help=(
+                'The sampled frames, unlabelled (structure only), runs in input order, with the '
+                f'metadata columns {", ".join(METADATA_COLUMNS)}: temperature (target, K), '
+                f'pressure (target, {PRESSURE_UNIT}; missing for NVT runs), step (MD step from '
+                'the start, thermalisation included), time_fs, source_frame (index into '
+                f'`structures`), engine ({ENGINE!r}), run_id (str, "<prefix>-<source_frame>"), '
+                'ensemble ("npt" or "nvt").'
+            ),
+        )
+        spec.output(
+            'summary',
+            valid_type=orm.Dict,
+            help=(
+                'n_runs, n_sampled, n_aborted, n_skipped, n_steps, wall_time_s, the protocol '
+                'with its defaults, units, and per run (`runs`, in input order): run_id, '
+                'source_frame, ensemble, temperature, pressure, n_sampled, steps_done, skipped, '
+                'skip_reason, aborted, abort_step, abort_rule, abort_value, abort_reason, '
+                'final_temperature (K), wall_time_s.'
+            ),
+        )
+        spec.default_output_node = 'summary'
+
+        spec.exit_code(
+            300,
+            'ERROR_OUTPUT_MISSING',
+            invalidates_cache=True,
+            message='The MD runner wrote no {filename}: {detail}',
+        )
+        spec.exit_code(
+            301,
+            'ERROR_OUTPUT_UNREADABLE',
+            invalidates_cache=True,
+            message='The output {filename} is unreadable or inconsistent: {detail}',
+        )
+        spec.exit_code(
+            302,
+            'ERROR_MODEL_LOAD_FAILED',
+            message='The model could not be loaded on the computer: {detail}',
+        )
+        spec.exit_code(
+            303,
+            'ERROR_INPUT_UNREADABLE',
+            invalidates_cache=True,
+            message='The MD runner could not read its input files: {detail}',
+        )
+        spec.exit_code(
+            310,
+            'ERROR_ALL_RUNS_ABORTED',
+            message=(
+                'No run sampled a frame ({n_runs} runs; see the `summary` output, attached with '
+                'the empty `trajectory`); the first: {reason}'
+            ),
+        )
+
+    def prepare_for_submission(self, folder: Folder) -> CalcInfo:
+        """Write the frames and the configuration; copy the model."""
+        structures = self.inputs.structures
+        model = self.inputs.model
+        write_shard(structures.get_columns([]), folder.get_abs_path(FRAMES_FILE))
+
+        local_copy_list = []
+        model_path = f'{MODEL_FOLDER}/{model.model_filename}'
+        local_copy_list.append((model.uuid, f'{MODEL_DIR}/{model.model_filename}', model_path))
+        extensions = None
+        if model.engine in NEEDS_EXTENSIONS and model.has_extensions:
+            extensions = f'{MODEL_FOLDER}/extensions'
+            local_copy_list.append((model.uuid, EXTENSIONS_DIR, extensions))
+
+        protocol = MdProtocol.from_dict(self.inputs.parameters.get_dict(), len(structures))
+        seed = int(self.inputs.seed.value)
+        prefix = run_id_prefix(
+            {'model': model, 'structures': structures, 'protocol': protocol.to_dict(), 'seed': seed}
+        )
+        config = {
+            'frames': FRAMES_FILE,
+            'model': {
+                'engine': model.engine,
+                'path': model_path,
+                'extensions': extensions,
+                'dtype': str(model.base.attributes.get('dtype') or 'float64'),
+            },
+            'device': self.inputs.device.value,
+            'seed': seed,
+            'run_id_prefix': prefix,
+            'protocol': protocol.to_dict(),
+            'trajectory': TRAJECTORY_FILE,
+            'summary': SUMMARY_FILE,
+        }
+        with folder.open(CONFIG_FILE, 'w', encoding='utf-8') as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+
+        codeinfo = CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = [CONFIG_FILE]
+        codeinfo.stdout_name = STDOUT_FILE
+        codeinfo.stderr_name = STDERR_FILE
+        codeinfo.withmpi = self.inputs.metadata.options.withmpi
+
+        calcinfo = CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.local_copy_list = local_copy_list
+        calcinfo.retrieve_list = [TRAJECTORY_FILE, SUMMARY_FILE, STDOUT_FILE, STDERR_FILE]
+        return calcinfo

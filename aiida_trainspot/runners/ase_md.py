@@ -1,0 +1,178 @@
+"""``trainspot-ase-md CONFIG``: molecular dynamics with a trained potential from starting frames.
+
+The executable of the ``ase`` exploration engine
+(:class:`~aiida_trainspot.exploration.ase_calculation.AseMdCalculation`, ``trainspot.ase.md``).
+``CONFIG`` is a JSON file whose paths are all relative to the working directory::
+
+    {
+      "frames": "frames.h5",
+      "model": {"engine": "mace", "path": "model/x.model", "extensions": null,
+                "dtype": "float64"},
+      "device": "cpu", "seed": 0, "run_id_prefix": "ase-0123abcd",
+      "protocol": {"temperatures": [...], "pressures": [...], "steps": ..., ...},
+      "trajectory": "trajectory.h5", "summary": "summary.json"
+    }
+
+The model is loaded once (:func:`aiida_trainspot.training.loader.load_calculator`); every frame
+of ``frames`` (a shard file, see :mod:`aiida_trainspot.data.store`) starts one trajectory
+(:func:`aiida_trainspot.exploration.md.explore`). The sampled frames, with their metadata
+columns and no labels, are written as one shard to ``trajectory``; the per-run summaries to
+``summary`` last, so a complete summary means a complete job. Files are written under a temporary
+name and renamed, so a killed job leaves no truncated output. One JSON line per run, then a
+one-line report, go to stdout.
+
+Imports no AiiDA. Exit status: 0 when the outputs were written, however many runs aborted; 2 on
+wrong usage; 3 when the model cannot be loaded, 4 when an input cannot be read (a line starting
+with ``MODEL LOAD FAILED`` or ``INPUT UNREADABLE`` on stderr says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiida_trainspot.data.convert import atoms_from_columns
+from aiida_trainspot.data.store import write_shard
+from aiida_trainspot.exploration.md import (
+    ENGINE,
+    UNITS,
+    MdProtocol,
+    RunResult,
+    explore,
+)
+from aiida_trainspot.labelling.ase_engine import read_shard
+from aiida_trainspot.training.loader import load_calculator
+
+MODEL_LOAD_FAILED = 'MODEL LOAD FAILED'
+INPUT_FAILED = 'INPUT UNREADABLE'
+EXIT_MODEL_LOAD_FAILED = 3
+EXIT_INPUT_FAILED = 4
+
+
+class _RunnerError(Exception):
+    def __init__(self, prefix: str, status: int, detail: str):
+        super().__init__(detail)
+        self.prefix = prefix
+        self.status = status
+        self.detail = detail
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='trainspot-ase-md',
+        description='Run ASE molecular dynamics with a trained potential (see the docstring).',
+    )
+    parser.add_argument('config', help='MD config (JSON)')
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f'{type(exc).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f'.{target.name}.partial')
+    write(partial)
+    os.replace(partial, target)
+
+
+def _progress(result: RunResult) -> None:
+    entry = result.summary()
+    keys = ('run_id', 'ensemble', 'n_sampled', 'steps_done', 'aborted', 'abort_rule', 'skipped')
+    print(json.dumps({key: entry[key] for key in keys}), flush=True)
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    """Run every trajectory of ``config``; write the outputs; return the report."""
+    try:
+        frames_columns = read_shard(config['frames'])
+        frames = atoms_from_columns(frames_columns)
+        protocol = MdProtocol.from_dict(config['protocol'], len(frames))
+        model = config['model']
+        seed = int(config.get('seed', 0))
+        device = config.get('device', 'cpu')
+        prefix = str(config.get('run_id_prefix') or ENGINE)
+    except Exception as exc:
+        raise _RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, _one_line(exc)) from exc
+    start = time.perf_counter()
+    try:
+        calculator = load_calculator(
+            model['engine'],
+            model['path'],
+            device=device,
+            dtype=model.get('dtype', 'float64'),
+            extensions_dir=model.get('extensions'),
+        )
+    except Exception as exc:
+        raise _RunnerError(MODEL_LOAD_FAILED, EXIT_MODEL_LOAD_FAILED, _one_line(exc)) from exc
+    load_seconds = time.perf_counter() - start
+    trajectory, runs = explore(
+        frames, calculator, protocol, seed=seed, run_id_prefix=prefix, progress=_progress
+    )
+    seconds = time.perf_counter() - start - load_seconds
+    summary = {
+        'engine': ENGINE,
+        'model_engine': model['engine'],
+        'device': device,
+        'seed': seed,
+        'protocol': protocol.to_dict(),
+        'units': dict(UNITS),
+        'n_runs': len(runs),
+        'n_sampled': int(trajectory.n_frames),
+        'n_aborted': sum(1 for run in runs if run['aborted']),
+        'n_skipped': sum(1 for run in runs if run['skipped']),
+        'n_steps': sum(int(run['steps_done']) for run in runs),
+        'wall_time_s': round(seconds, 3),
+        'runs': runs,
+    }
+    _write_atomically(
+        Path(config.get('trajectory', 'trajectory.h5')),
+        lambda path: write_shard(trajectory, str(path)),
+    )
+    _write_atomically(
+        Path(config.get('summary', 'summary.json')),
+        lambda path: path.write_text(json.dumps(summary, indent=1, sort_keys=True)),
+    )
+    steps_per_second = summary['n_steps'] / seconds if seconds > 0 else None
+    return {
+        'load_seconds': round(load_seconds, 3),
+        'seconds': round(seconds, 3),
+        'n_runs': summary['n_runs'],
+        'n_sampled': summary['n_sampled'],
+        'n_aborted': summary['n_aborted'],
+        'steps_per_second': round(steps_per_second, 3) if steps_per_second else None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the MD; return the exit status (console scripts ``sys.exit`` it)."""
+    args = _parser().parse_args(argv)
+    try:
+        try:
+            config = json.loads(Path(args.config).read_text())
+            if not isinstance(config, dict) or 'model' not in config or 'frames' not in config:
+                raise ValueError('the config names no model or no frames')
+        except Exception as exc:
+            raise _RunnerError(
+                INPUT_FAILED, EXIT_INPUT_FAILED, f'{args.config}: {_one_line(exc)}'
+            ) from exc
+        report = run(config)
+    except _RunnerError as failure:
+        traceback.print_exception(failure.__cause__ or failure, file=sys.stderr)
+        print(f'{failure.prefix}: {failure.detail}', file=sys.stderr, flush=True)
+        return failure.status
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""ExplorationWorkChain end to end: LAMMPS Tersoff (real lmp) and the ASE engine (real MD)."""
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+from ase.build import bulk
+
+from aiida_trainspot.data import PESData
+from aiida_trainspot.exploration.plan import choose_member, make_plan
+from aiida_trainspot.exploration.workchain import ExplorationWorkChain
+
+SIC_TERSOFF = '/usr/share/lammps/potentials/SiC.tersoff'
+SHORT = {
+    'steps': 60,
+    'thermalisation_steps': 0,
+    'sample_interval': 20,
+    'temperature_range': [300, 600],
+}
+
+
+@pytest.fixture
+def raw_code(lammps_code, code_factory):
+    return code_factory('lmp-raw', str(lammps_code.filepath_executable), 'lammps.raw')
+
+
+@pytest.fixture
+def tersoff_file():
+    return orm.SinglefileData(SIC_TERSOFF)
+
+
+def test_plan_is_seeded_and_skips_single_atoms():
+    n_atoms = np.array([1, 8, 2, 1, 64])
+    first = make_plan(n_atoms, 5, {}, seed=3)
+    assert first == make_plan(n_atoms, 5, {}, seed=3)
+    assert first != make_plan(n_atoms, 5, {}, seed=4)
+    assert set(first.frames) <= {1, 2, 4}
+    assert all(1.0 <= t <= 1000.0 for t in first.temperatures)
+    assert all(-5.0 <= p <= 5.0 for p in first.pressures_kbar)
+    explicit = make_plan(n_atoms, 4, {'temperatures': [300, 900], 'pressures_kbar': [0]}, seed=1)
+    assert explicit.temperatures == (300.0, 900.0, 300.0, 900.0)
+    assert explicit.pressures_kbar == (0.0,) * 4
+    members = ['member_0', 'member_1', 'member_2']
+    assert choose_member(members, 5) == choose_member(list(reversed(members)), 5)
+    assert {choose_member(members, s) for s in range(30)} == set(members)
+
+
+@pytest.mark.slow
+def test_lammps_tersoff_two_species(raw_code, tersoff_file):
+    sic = bulk('SiC', 'zincblende', a=4.36, cubic=True)  # 8 atoms, Si first
+    cis = sic[np.argsort(-sic.numbers)]  # C first
+    diamond = bulk('C', 'diamond', a=3.567, cubic=True)
+    pool = PESData.from_ase([sic, cis, diamond, bulk('C', 'diamond', a=3.567)[:1]])
+    results, node = run_get_node(
+        ExplorationWorkChain,
+        structures=pool,
+        n_structures=orm.Int(3),
+        engine=orm.Str('lammps'),
+        code=raw_code,
+        lammps={'pair_style': orm.Str('tersoff'), 'parameter_file': tersoff_file},
+        protocol=orm.Dict(SHORT),
+        max_concurrent=orm.Int(2),
+        seed=orm.Int(5),
+    )
+    assert node.is_finished_ok, node.exit_message
+    trajectory = results['trajectory']
+    assert len(trajectory) == 3 * 3  # 3 runs x 60 steps / 20
+    source, _ = trajectory.get_column('source_frame')
+    engine, _ = trajectory.get_column('engine')
+    assert set(engine) == {'lammps'}
+    assert set(source) <= {0, 1, 2}
+    frames = trajectory.to_ase()
+    for atoms, src in zip(frames, source, strict=True):
+        # every atom keeps its element, whatever the species order of the start
+        assert list(atoms.numbers) == list(pool.get_atoms(int(src)).numbers)
+    temperature, _ = trajectory.get_column('temperature')
+    assert ((temperature >= 300) & (temperature <= 600)).all()
+
+
+def test_bad_inputs_rejected(raw_code, tersoff_file):
+    pool = PESData.from_ase([bulk('C', 'diamond', a=3.567)])
+    base = {'structures': pool, 'code': raw_code}
+    with pytest.raises(ValueError, match='engine: unknown engine'):
+        run_get_node(ExplorationWorkChain, engine=orm.Str('gromacs'), **base)
+    with pytest.raises(ValueError, match='model: the ase engine needs a model'):
+        run_get_node(ExplorationWorkChain, **base)
+    with pytest.raises(ValueError, match='protocol: unknown key'):
+        run_get_node(
+            ExplorationWorkChain,
+            engine=orm.Str('lammps'),
+            lammps={'pair_style': orm.Str('tersoff'), 'parameter_file': tersoff_file},
+            protocol=orm.Dict({'temprature_range': [0, 10]}),
+            **base,
+        )
+    single = PESData.from_ase([bulk('C', 'diamond', a=3.567)[:1]])
+    with pytest.raises(ValueError, match='structures: every frame is a single atom'):
+        run_get_node(
+            ExplorationWorkChain,
+            structures=single,
+            code=raw_code,
+            engine=orm.Str('lammps'),
+            lammps={'pair_style': orm.Str('tersoff'), 'parameter_file': tersoff_file},
+        )
+
+
+@pytest.mark.slow
+def test_ase_engine_with_a_committee(tiny_mace_model, ase_md_code):
+    from ase.build import graphene
+
+    layer = graphene(a=2.46, vacuum=6.0).repeat((2, 2, 1))
+    pool = PESData.from_ase([bulk('C', 'diamond', a=3.567, cubic=True), layer])
+    inputs = {
+        'structures': pool,
+        'n_structures': orm.Int(2),
+        'code': ase_md_code,
+        'models': {'member_0': tiny_mace_model, 'member_1': tiny_mace_model},
+        'protocol': orm.Dict(
+            {**SHORT, 'steps': 20, 'sample_interval': 10, 'pressures_kbar': [0.0]}
+        ),
+        'max_concurrent': orm.Int(2),
+        'seed': orm.Int(4),
+    }
+    results, node = run_get_node(ExplorationWorkChain, **inputs)
+    assert node.is_finished_ok, node.exit_message
+    trajectory = results['trajectory']
+    assert len(trajectory) == 4
+    engine, _ = trajectory.get_column('engine')
+    assert set(engine) == {'ase'}
+    assert results['model'].pk == tiny_mace_model.pk
+    # the same seed gives the same frames
+    again, _ = run_get_node(ExplorationWorkChain, **inputs)
+    first = trajectory.get_columns()
+    second = again['trajectory'].get_columns()
+    np.testing.assert_array_equal(first.atom['positions'], second.atom['positions'])
