@@ -1,0 +1,144 @@
+"""Calibration and selection as calcfunctions, so every decision is in the provenance graph.
+
+Both read the columns an :class:`~.calculation.EvaluationCalculation` wrote
+(``delta_*``, ``eps_*``, ``forces_mean``) and call the pure functions of
+:mod:`.calibration` and :mod:`.selection`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from aiida import orm
+from aiida.engine import calcfunction
+from ase.neighborlist import neighbor_list
+
+from aiida_trainspot.data import PESData
+
+from .calibration import Calibration, calibrate, diagnostics, rate_grid
+from .disagreement import PROPERTIES, json_float, max_force_norm
+from .selection import SelectionSettings, select_frames
+
+GRID_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _column(dataset: PESData, name: str) -> np.ndarray | None:
+    if name not in dataset.column_names:
+        return None
+    values, present = dataset.get_column(name)
+    values = np.asarray(values, dtype=float).copy()
+    values[~present] = np.nan
+    return values
+
+
+def disagreement_and_errors(
+    dataset: PESData,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-frame δ and ε by property, from the evaluation columns (NaN where missing)."""
+    deltas = {p: v for p in PROPERTIES if (v := _column(dataset, f'delta_{p}')) is not None}
+    errors = {p: v for p in PROPERTIES if (v := _column(dataset, f'eps_{p}')) is not None}
+    if not deltas:
+        raise ValueError('the dataset has no delta_* columns: evaluate it with the committee first')
+    return deltas, errors
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return json_float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+@calcfunction
+def calibrate_committee(
+    predictions: PESData,
+    error_thresholds: orm.Dict,
+    settings: orm.Dict,
+    previous: orm.Dict | None = None,
+) -> dict[str, orm.Dict]:
+    """Fit δ ≈ a·ε on labelled held-out frames; thresholds τ = a·ε_thr; TPR/PPV diagnostics."""
+    deltas, errors = disagreement_and_errors(predictions)
+    options = settings.get_dict()
+    calibration = calibrate(
+        deltas,
+        errors,
+        error_thresholds=error_thresholds.get_dict(),
+        method=options.get('method', 'least_squares'),
+        min_points=options.get('min_points', 5),
+        previous=Calibration.from_dict(previous.get_dict()) if previous is not None else None,
+        power_law=options.get('power_law', False),
+    )
+    report = {'at_thresholds': diagnostics(calibration, deltas, errors), 'grid': {}}
+    for name, tau in calibration.thresholds.items():
+        if name in errors:
+            factors = np.array(GRID_FACTORS)
+            grid = rate_grid(
+                deltas[name],
+                errors[name],
+                tau * factors,
+                calibration.error_thresholds[name] * factors,
+            )
+            report['grid'][name] = {
+                'factors': list(GRID_FACTORS),
+                'tpr': grid['tpr'],
+                'ppv': grid['ppv'],
+            }
+    return {
+        'calibration': orm.Dict(calibration.to_dict()),
+        'diagnostics': orm.Dict(_jsonable(report)),
+    }
+
+
+def min_distances(dataset: PESData, cutoff: float) -> np.ndarray:
+    """Shortest interatomic distance of every frame (periodic images included), up to ``cutoff``."""
+    out = np.full(len(dataset), np.inf)
+    for index, atoms in enumerate(dataset.iter_atoms()):
+        if len(atoms) > 1 or atoms.pbc.any():
+            distances = neighbor_list('d', atoms, cutoff)
+            if distances.size:
+                out[index] = distances.min()
+    return out
+
+
+@calcfunction
+def select_for_labelling(
+    predictions: PESData, calibration: orm.Dict, settings: orm.Dict, seed: orm.Int
+) -> dict[str, orm.Data]:
+    """Candidates above τ, minus unphysical frames, thinned and capped (seeded)."""
+    deltas, _ = disagreement_and_errors(predictions)
+    options = SelectionSettings.from_dict(settings.get_dict())
+    columns = predictions.get_columns(
+        [c for c in ('run_id', 'step', 'forces_mean') if c in predictions.column_names]
+    )
+    n_atoms = columns.n_atoms
+    max_forces = (
+        max_force_norm(columns.atom['forces_mean'], n_atoms)
+        if 'forces_mean' in columns.atom
+        else None
+    )
+    result = select_frames(
+        deltas,
+        Calibration.from_dict(calibration.get_dict()),
+        seed=seed.value,
+        n_atoms=n_atoms,
+        positions=columns.atom['positions'],
+        run_id=columns.frame.get('run_id'),
+        step=columns.frame.get('step'),
+        numbers=columns.atom['numbers'],
+        cells=columns.frame['cell'],
+        pbc=columns.frame['pbc'],
+        min_distances=min_distances(predictions, 2.0 * options.min_distance),
+        max_forces=max_forces,
+        settings=options,
+    )
+    return {
+        'selected': predictions.subset(result.selected),
+        'rejected': predictions.subset(result.rejected),
+        'report': orm.Dict(_jsonable(result.to_dict())),
+    }

@@ -1,0 +1,70 @@
+"""Calibration and selection calcfunctions on a synthetic evaluated dataset (known answers)."""
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.common.links import LinkType
+from ase.build import bulk
+
+from aiida_trainspot.data import PESData
+from aiida_trainspot.evaluation.calibration import Calibration
+from aiida_trainspot.evaluation.operations import calibrate_committee, select_for_labelling
+
+SLOPES = {'energy': 0.4, 'forces': 0.25}
+
+
+def evaluated_dataset(n_frames=120, seed=0):
+    """Frames with delta_* = a * eps_* (+ small noise), as an evaluation would write them."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for index in range(n_frames):
+        atoms = bulk('C', 'diamond', a=3.567)
+        atoms.positions += rng.normal(0, 0.02, atoms.positions.shape)
+        atoms.info['run_id'] = f'run-{index % 4}'
+        atoms.info['step'] = index
+        frames.append(atoms)
+    dataset = PESData.from_ase(frames)
+    columns = {}
+    for name, slope in SLOPES.items():
+        scale = 1e-3 if name == 'energy' else 0.1
+        eps = rng.uniform(0, 3 * scale, n_frames)
+        columns[f'eps_{name}'] = eps
+        columns[f'delta_{name}'] = slope * eps * (1 + rng.normal(0, 0.02, n_frames))
+    forces_mean = rng.normal(0, 0.5, (dataset.base.attributes.get('n_atoms'), 3))
+    forces_mean[:2] = [200.0, 0, 0]  # frame 0: exploding forces, an unphysical frame
+    return dataset.with_columns(np.arange(n_frames), columns, {'forces_mean': forces_mean})
+
+
+def test_calibration_recovers_slopes_with_provenance():
+    dataset = evaluated_dataset()
+    thresholds = orm.Dict({'energy': 1e-3, 'forces': 0.1})
+    outputs = calibrate_committee(dataset, thresholds, orm.Dict({}))
+    calibration = Calibration.from_dict(outputs['calibration'].get_dict())
+    for name, slope in SLOPES.items():
+        assert calibration.slopes[name] == pytest.approx(slope, rel=0.05)
+        assert calibration.thresholds[name] == pytest.approx(slope * thresholds[name], rel=0.05)
+    report = outputs['diagnostics'].get_dict()
+    assert set(report['at_thresholds']) == set(SLOPES)
+    assert 0.8 <= report['at_thresholds']['forces']['tpr'] <= 1.0
+    creator = outputs['calibration'].base.links.get_incoming(link_type=LinkType.CREATE).one().node
+    assert isinstance(creator, orm.CalcFunctionNode)
+    assert dataset.pk in {link.node.pk for link in creator.base.links.get_incoming().all()}
+
+
+def test_selection_caps_seeds_and_rejects_unphysical():
+    dataset = evaluated_dataset()
+    calibration = calibrate_committee(
+        dataset, orm.Dict({'energy': 1e-3, 'forces': 0.1}), orm.Dict({})
+    )
+    settings = orm.Dict({'max_selected': 10, 'min_displacement': 0.0})
+    first = select_for_labelling(dataset, calibration['calibration'], settings, orm.Int(1))
+    again = select_for_labelling(dataset, calibration['calibration'], settings, orm.Int(1))
+    other = select_for_labelling(dataset, calibration['calibration'], settings, orm.Int(2))
+    report = first['report'].get_dict()
+    assert len(first['selected']) == 10
+    assert report['selected'] == again['report']['selected']
+    assert report['selected'] != other['report']['selected']
+    assert report['counts']['candidates'] > 10
+    assert '0' in report['rejected']  # the exploding frame is rejected, not labelled
+    assert 0 not in report['selected']
+    assert len(first['rejected']) == len(report['rejected'])
