@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from aiida import orm
 from aiida.engine import WorkChain, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
@@ -37,9 +38,24 @@ ENGINES = ('ase', 'lammps')
 
 
 @calcfunction
-def join_trajectories(failures: orm.Dict, **parts: orm.Data) -> dict[str, orm.Data]:
-    """All sampled frames in run order, and one summary of every job (failed ones included)."""
-    frames = [parts[k] for k in sorted(parts, key=_natural) if k.startswith('trajectory_')]
+def join_trajectories(
+    failures: orm.Dict, sources: orm.Dict, **parts: orm.Data
+) -> dict[str, orm.Data]:
+    """All sampled frames in job order, and one summary of every job (failed ones included).
+
+    ``sources`` maps a job key to the pool indices of its starting frames: a job numbers
+    its frames from 0, so ``source_frame`` is mapped back to an index into the pool.
+    """
+    mapping = sources.get_dict()
+    frames = []
+    for key in sorted((k for k in parts if k.startswith('trajectory_')), key=_natural):
+        part = parts[key]
+        job = key[len('trajectory_') :]
+        if job in mapping and len(part):
+            local, _ = part.get_column('source_frame')
+            pool = np.asarray(mapping[job], dtype=np.int64)[np.asarray(local, dtype=np.int64)]
+            part = part.with_columns(np.arange(len(part)), {'source_frame': pool}, validate=False)
+        frames.append(part)
     summaries = {
         k[len('summary_') :]: parts[k].get_dict() for k in parts if k.startswith('summary_')
     }
@@ -296,7 +312,13 @@ class ExplorationWorkChain(WorkChain):
             self.report(f'MD job {key} failed: {failure}')
         if not any(k.startswith('trajectory_') for k in parts):
             return self.exit_codes.ERROR_ALL_JOBS_FAILED.format(detail=str(failures)[:500])
-        outputs = join_trajectories(orm.Dict(failures), **parts)
+        sources = {}
+        if self.is_ase():
+            sources = {
+                key: [self.ctx.plan['frames'][r] for r in runs]
+                for key, runs in self.ctx.jobs.items()
+            }
+        outputs = join_trajectories(orm.Dict(failures), orm.Dict(sources), **parts)
         self.out('trajectory', outputs['trajectory'])
         self.out('summary', outputs['summary'])
         if self.ctx.model is not None:

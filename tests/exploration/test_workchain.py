@@ -106,12 +106,14 @@ def test_bad_inputs_rejected(raw_code, tersoff_file):
 @pytest.mark.slow
 def test_ase_engine_with_a_committee(tiny_mace_model, ase_md_code):
     from ase.build import graphene
+    from ase.lattice.hexagonal import Graphite
 
     layer = graphene(a=2.46, vacuum=6.0).repeat((2, 2, 1))
-    pool = PESData.from_ase([bulk('C', 'diamond', a=3.567, cubic=True), layer])
+    graphite = Graphite('C', latticeconstant={'a': 2.46, 'c': 6.7}, size=(1, 1, 1))  # AB, 4 atoms
+    pool = PESData.from_ase([bulk('C', 'diamond', a=3.567, cubic=True), layer, graphite])
     inputs = {
         'structures': pool,
-        'n_structures': orm.Int(2),
+        'n_structures': orm.Int(3),
         'code': ase_md_code,
         'models': {'member_0': tiny_mace_model, 'member_1': tiny_mace_model},
         'protocol': orm.Dict(
@@ -123,7 +125,18 @@ def test_ase_engine_with_a_committee(tiny_mace_model, ase_md_code):
     results, node = run_get_node(ExplorationWorkChain, **inputs)
     assert node.is_finished_ok, node.exit_message
     trajectory = results['trajectory']
-    assert len(trajectory) == 4
+    assert len(trajectory) == 6
+    source, _ = trajectory.get_column('source_frame')
+    runs = [r for job in results['summary']['jobs'].values() for r in job['runs']]
+    assert sorted(set(source)) == [0, 1, 2], runs
+    # NPT everywhere (all three have a periodic axis); the slab's vacuum axis keeps its length
+    ensemble, _ = trajectory.get_column('ensemble')
+    assert set(ensemble) == {'npt'}
+    cells = trajectory.get_columns([]).frame['cell']
+    slab = np.flatnonzero(source == 1)
+    np.testing.assert_allclose(
+        np.linalg.norm(cells[slab, 2], axis=1), np.linalg.norm(layer.cell[2])
+    )
     engine, _ = trajectory.get_column('engine')
     assert set(engine) == {'ase'}
     assert results['model'].pk == tiny_mace_model.pk
