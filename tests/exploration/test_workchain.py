@@ -104,7 +104,9 @@ def test_bad_inputs_rejected(raw_code, tersoff_file):
 
 
 @pytest.mark.slow
-def test_ase_engine_with_a_committee(tiny_mace_model, ase_md_code):
+@pytest.mark.parametrize('model_fixture', ['tiny_mace_model', 'tiny_metatrain_model'])
+def test_ase_engine_with_a_committee(model_fixture, ase_md_code, request):
+    model = request.getfixturevalue(model_fixture)
     from ase.build import graphene
     from ase.lattice.hexagonal import Graphite
 
@@ -115,7 +117,7 @@ def test_ase_engine_with_a_committee(tiny_mace_model, ase_md_code):
         'structures': pool,
         'n_structures': orm.Int(3),
         'code': ase_md_code,
-        'models': {'member_0': tiny_mace_model, 'member_1': tiny_mace_model},
+        'models': {'member_0': model, 'member_1': model},
         'protocol': orm.Dict(
             {**SHORT, 'steps': 20, 'sample_interval': 10, 'pressures_kbar': [0.0]}
         ),
@@ -139,7 +141,7 @@ def test_ase_engine_with_a_committee(tiny_mace_model, ase_md_code):
     )
     engine, _ = trajectory.get_column('engine')
     assert set(engine) == {'ase'}
-    assert results['model'].pk == tiny_mace_model.pk
+    assert results['model'].pk == model.pk
     # the same seed gives the same frames
     again, _ = run_get_node(ExplorationWorkChain, **inputs)
     first = trajectory.get_columns()
