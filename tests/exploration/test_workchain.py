@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from aiida import orm
 from aiida.engine import run_get_node
+from ase import Atoms
 from ase.build import bulk
 
 from aiida_trainspot.data import PESData
@@ -112,10 +113,14 @@ def test_ase_engine_with_a_committee(model_fixture, ase_md_code, request):
 
     layer = graphene(a=2.46, vacuum=6.0).repeat((2, 2, 1))
     graphite = Graphite('C', latticeconstant={'a': 2.46, 'c': 6.7}, size=(1, 1, 1))  # AB, 4 atoms
-    pool = PESData.from_ase([bulk('C', 'diamond', a=3.567, cubic=True), layer, graphite])
+    angles = np.linspace(0, 2 * np.pi, 6, endpoint=False)
+    ring = Atoms('C6', positions=np.c_[1.54 * np.cos(angles), 1.54 * np.sin(angles), np.zeros(6)])
+    ring.center(vacuum=6.0)  # a cluster: no periodic direction, NVT
+    cells = [bulk('C', 'diamond', a=3.567, cubic=True), layer, graphite, ring]
+    pool = PESData.from_ase(cells)
     inputs = {
         'structures': pool,
-        'n_structures': orm.Int(3),
+        'n_structures': orm.Int(4),
         'code': ase_md_code,
         'models': {'member_0': model, 'member_1': model},
         'protocol': orm.Dict(
@@ -127,14 +132,17 @@ def test_ase_engine_with_a_committee(model_fixture, ase_md_code, request):
     results, node = run_get_node(ExplorationWorkChain, **inputs)
     assert node.is_finished_ok, node.exit_message
     trajectory = results['trajectory']
-    assert len(trajectory) == 6
+    assert len(trajectory) == 8
     source, _ = trajectory.get_column('source_frame')
     runs = [r for job in results['summary']['jobs'].values() for r in job['runs']]
-    assert sorted(set(source)) == [0, 1, 2], runs
-    # NPT everywhere (all three have a periodic axis); the slab's vacuum axis keeps its length
+    assert sorted(set(source)) == [0, 1, 2, 3], runs
+    # NPT where any axis is periodic, NVT for the cluster; the slab's vacuum axis keeps its length
     ensemble, _ = trajectory.get_column('ensemble')
-    assert set(ensemble) == {'npt'}
+    assert set(ensemble[source != 3]) == {'npt'}
+    assert set(ensemble[source == 3]) == {'nvt'}
     cells = trajectory.get_columns([]).frame['cell']
+    ring_frames = np.flatnonzero(source == 3)
+    np.testing.assert_array_equal(cells[ring_frames], np.broadcast_to(ring.cell.array, (2, 3, 3)))
     slab = np.flatnonzero(source == 1)
     np.testing.assert_allclose(
         np.linalg.norm(cells[slab, 2], axis=1), np.linalg.norm(layer.cell[2])
