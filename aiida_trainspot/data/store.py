@@ -96,6 +96,28 @@ def _dataset(
     handle.create_dataset(path, data=values, dtype=dtype, chunks=chunks, **options)
 
 
+def read_shard(source: str | IO[bytes]) -> Columns:
+    """Every column of one shard file (path or binary file object) as :class:`Columns`."""
+    try:
+        handle = h5py.File(source, 'r')
+    except Exception as exc:
+        raise CorruptDatasetError(f'shard {source} cannot be opened: {exc}') from exc
+    with handle:
+        reader = ShardReader(str(getattr(source, 'name', source)), handle)
+        rows = np.arange(reader.n_frames)
+        atom_rows = np.arange(reader.n_atoms_total)
+        out = Columns(n_atoms=np.asarray(reader.n_atoms))
+        for name in reader.column_names():
+            spec = reader.spec(name)
+            kind_rows = rows if spec.kind == 'frame' else atom_rows
+            target = out.frame if spec.kind == 'frame' else out.atom
+            target[name] = reader.read_rows(f'{spec.kind}/{name}', kind_rows)
+            mask = reader.present(name, rows)
+            if not mask.all():
+                out.present[name] = np.asarray(mask, dtype=bool)
+    return out
+
+
 def shard_bytes(columns: Columns) -> bytes:
     """The bytes of a shard holding ``columns``."""
     buffer = io.BytesIO()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 
-import h5py
 import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
@@ -19,7 +18,7 @@ from aiida.parsers import Parser
 
 from aiida_trainspot.data.columns import Columns
 from aiida_trainspot.data.pesdata import PESData
-from aiida_trainspot.data.store import ShardReader
+from aiida_trainspot.data.store import read_shard
 from aiida_trainspot.runners.evaluate import INFERENCE_FAILED, INPUT_FAILED, MODEL_LOAD_FAILED
 
 from .calculation import (
@@ -30,7 +29,7 @@ from .calculation import (
 )
 from .inference import ATOM_COLUMNS, ESTIMATED_ERROR_COLUMNS, FRAME_COLUMNS
 
-__all__ = ('EvaluationParser', 'read_shard')
+__all__ = ('EvaluationParser',)
 
 COMMITTEE_ATTRIBUTE = 'committee_members'
 _STDERR_TAIL = 2000
@@ -39,25 +38,6 @@ _FAILURES = {
     INPUT_FAILED: 'ERROR_INPUT_UNREADABLE',
     INFERENCE_FAILED: 'ERROR_INFERENCE_FAILED',
 }
-
-
-def read_shard(handle) -> Columns:
-    """Every column of one shard file (path or binary file object) as :class:`Columns`."""
-    with h5py.File(handle, 'r') as h5:
-        reader = ShardReader(str(getattr(handle, 'name', handle)), h5)
-        rows = np.arange(reader.n_frames)
-        atom_rows = np.arange(reader.n_atoms_total)
-        out = Columns(n_atoms=np.asarray(reader.n_atoms))
-        for name in reader.column_names():
-            spec = reader.spec(name)
-            if spec.kind == 'frame':
-                out.frame[name] = reader.read_rows(f'frame/{name}', rows)
-            else:
-                out.atom[name] = reader.read_rows(f'atom/{name}', atom_rows)
-            mask = reader.present(name, rows)
-            if not mask.all():
-                out.present[name] = np.asarray(mask, dtype=bool)
-    return out
 
 
 class EvaluationParser(Parser):

@@ -18,7 +18,7 @@ from aiida.parsers import Parser
 
 from aiida_trainspot.data.columns import Columns
 from aiida_trainspot.data.pesdata import PESData
-from aiida_trainspot.labelling.ase_engine import read_shard
+from aiida_trainspot.data.store import read_shard
 from aiida_trainspot.runners.ase_md import INPUT_FAILED, MODEL_LOAD_FAILED
 
 from .ase_calculation import STDERR_FILE, SUMMARY_FILE, TRAJECTORY_FILE

@@ -28,14 +28,12 @@ import inspect
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import h5py
 import numpy as np
 from ase import Atoms
 
 from aiida_trainspot.data.columns import Columns
-from aiida_trainspot.data.store import ShardReader
 
 #: Files of the job folder (all relative: the job runs unchanged on a remote computer).
 FRAMES_FILE = 'frames.h5'
@@ -254,25 +252,6 @@ def label_columns(columns: Columns, calculator: Any) -> Columns:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def read_shard(source: str | Path | IO[bytes]) -> Columns:
-    """Every column of one shard file (path or binary file object) as :class:`Columns`."""
-    with h5py.File(source, 'r') as handle:
-        reader = ShardReader(str(getattr(source, 'name', source)), handle)
-        rows = np.arange(reader.n_frames)
-        atom_rows = np.arange(reader.n_atoms_total)
-        out = Columns(n_atoms=np.asarray(reader.n_atoms))
-        for name in reader.column_names():
-            spec = reader.spec(name)
-            if spec.kind == 'frame':
-                out.frame[name] = reader.read_rows(f'frame/{name}', rows)
-            else:
-                out.atom[name] = reader.read_rows(f'atom/{name}', atom_rows)
-            mask = reader.present(name, rows)
-            if not mask.all():
-                out.present[name] = np.asarray(mask, dtype=bool)
-    return out
 
 
 def summarise(labels: Columns, seconds: float | None = None) -> dict[str, Any]:

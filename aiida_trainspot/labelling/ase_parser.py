@@ -14,8 +14,9 @@ from aiida.parsers import Parser
 
 from aiida_trainspot.data.columns import Columns
 from aiida_trainspot.data.pesdata import PESData
+from aiida_trainspot.data.store import read_shard
 
-from .ase_engine import ERROR_COLUMN, LABELS_FILE, SETUP_FAILED, STDERR_FILE, read_shard
+from .ase_engine import ERROR_COLUMN, LABELS_FILE, SETUP_FAILED, STDERR_FILE
 
 __all__ = ('AseLabelParser',)
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiida_trainspot.data.store import write_shard
+from aiida_trainspot.data.store import read_shard, write_shard
 from aiida_trainspot.labelling.ase_engine import (
     EXIT_INPUT_FAILED,
     EXIT_SETUP_FAILED,
@@ -33,7 +33,6 @@ from aiida_trainspot.labelling.ase_engine import (
     failure_reason,
     label_columns,
     make_calculator,
-    read_shard,
     summarise,
 )
 

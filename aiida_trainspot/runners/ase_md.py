@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from aiida_trainspot.data.convert import atoms_from_columns
-from aiida_trainspot.data.store import write_shard
+from aiida_trainspot.data.store import read_shard, write_shard
 from aiida_trainspot.exploration.md import (
     ENGINE,
     UNITS,
@@ -47,7 +47,6 @@ from aiida_trainspot.exploration.md import (
     RunResult,
     explore,
 )
-from aiida_trainspot.labelling.ase_engine import read_shard
 from aiida_trainspot.training.loader import load_calculator
 
 MODEL_LOAD_FAILED = 'MODEL LOAD FAILED'

@@ -16,7 +16,7 @@ from ase.calculators.tersoff import Tersoff
 from ase.cluster import Octahedron
 
 from aiida_trainspot.data.convert import columns_from_atoms
-from aiida_trainspot.data.store import write_shard
+from aiida_trainspot.data.store import read_shard, write_shard
 from aiida_trainspot.labelling.ase_engine import (
     ERROR_COLUMN,
     EXIT_SETUP_FAILED,
@@ -25,7 +25,6 @@ from aiida_trainspot.labelling.ase_engine import (
     check_calculator_spec,
     label_columns,
     make_calculator,
-    read_shard,
 )
 from aiida_trainspot.runners.ase_label import main
 
