@@ -163,3 +163,32 @@ def test_walltime_handler_resumes_from_checkpoint(carbon_dataset, mace_code, eng
     crashed = _finished_training_node(engine, 'ERROR_TRAINING_CRASHED', with_checkpoint=False)
     report = process.handle_unrecoverable(crashed)
     assert report.exit_code.status == FAILED
+
+
+@pytest.mark.slow
+def test_warm_start_from_the_previous_committee(carbon_dataset, mace_code):
+    common = {
+        'dataset': carbon_dataset,
+        'engine': orm.Str('mace'),
+        'code': mace_code,
+        'committee_size': orm.Int(2),
+        'seed': orm.Int(3),
+    }
+    first, node = run_get_node(
+        TrainingWorkChain, parameters=orm.Dict({**TINY_MACE, 'max_num_epochs': 6}), **common
+    )
+    assert node.is_finished_ok, node.exit_message
+    second, node = run_get_node(
+        TrainingWorkChain,
+        parameters=orm.Dict({**TINY_MACE, 'max_num_epochs': 1}),
+        previous_models=dict(first['models']),
+        **common,
+    )
+    assert node.is_finished_ok, node.exit_message
+    for label, model in second['models'].items():
+        calculation = model.creator
+        assert calculation.inputs.initial_model.pk == first['models'][label].pk
+        fresh = first['models'][label].creator.outputs.metrics['validation']['loss'][0]
+        warm = calculation.outputs.metrics['initial']['validation']['loss']
+        # a warm-started member begins (before any step) below a fresh one after its first epoch
+        assert warm < fresh
