@@ -19,13 +19,12 @@ It retrieves ``predictions/<name>.h5`` (one shard per dataset) and ``metrics.jso
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from aiida import orm
-from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 
@@ -33,6 +32,7 @@ from aiida_trainspot.data.pesdata import INDEX_KEY, SHARD_DIR, PESData
 from aiida_trainspot.data.store import DatasetIndex
 from aiida_trainspot.training.loader import DEVICES, DTYPES, ENGINES
 from aiida_trainspot.training.model import MODEL_DIR, PotentialModel
+from aiida_trainspot.workflows.runner_job import runner_calcinfo
 
 from .calibration import Calibration
 from .inference import ATOM_COLUMNS, ESTIMATED_ERROR_COLUMNS, FRAME_COLUMNS
@@ -375,18 +375,13 @@ class EvaluationCalculation(CalcJob):
             'calibration': calibration,
             'metrics': METRICS_FILE,
         }
-        with folder.open(CONFIG_FILE, 'w', encoding='utf-8') as handle:
-            json.dump(config, handle, indent=2, sort_keys=True)
-
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = [CONFIG_FILE]
-        codeinfo.stdout_name = STDOUT_FILE
-        codeinfo.stderr_name = STDERR_FILE
-        codeinfo.withmpi = self.inputs.metadata.options.withmpi
-
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = local_copy_list
-        calcinfo.retrieve_list = [PREDICTIONS_DIR, METRICS_FILE, STDOUT_FILE, STDERR_FILE]
-        return calcinfo
+        return runner_calcinfo(
+            self,
+            folder,
+            config,
+            config_file=CONFIG_FILE,
+            stdout=STDOUT_FILE,
+            stderr=STDERR_FILE,
+            local_copy_list=local_copy_list,
+            retrieve=[PREDICTIONS_DIR, METRICS_FILE],
+        )

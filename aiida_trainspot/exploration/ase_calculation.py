@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 from aiida import orm
-from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 
@@ -30,6 +30,7 @@ from aiida_trainspot.data.pesdata import PESData
 from aiida_trainspot.data.store import write_shard
 from aiida_trainspot.training.loader import DEVICES, ENGINES
 from aiida_trainspot.training.model import EXTENSIONS_DIR, MODEL_DIR, PotentialModel
+from aiida_trainspot.workflows.runner_job import runner_calcinfo
 
 from .md import (
     ENGINE,
@@ -318,18 +319,13 @@ class AseMdCalculation(CalcJob):
             'trajectory': TRAJECTORY_FILE,
             'summary': SUMMARY_FILE,
         }
-        with folder.open(CONFIG_FILE, 'w', encoding='utf-8') as handle:
-            json.dump(config, handle, indent=2, sort_keys=True)
-
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = [CONFIG_FILE]
-        codeinfo.stdout_name = STDOUT_FILE
-        codeinfo.stderr_name = STDERR_FILE
-        codeinfo.withmpi = self.inputs.metadata.options.withmpi
-
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = local_copy_list
-        calcinfo.retrieve_list = [TRAJECTORY_FILE, SUMMARY_FILE, STDOUT_FILE, STDERR_FILE]
-        return calcinfo
+        return runner_calcinfo(
+            self,
+            folder,
+            config,
+            config_file=CONFIG_FILE,
+            stdout=STDOUT_FILE,
+            stderr=STDERR_FILE,
+            local_copy_list=local_copy_list,
+            retrieve=[TRAJECTORY_FILE, SUMMARY_FILE],
+        )
