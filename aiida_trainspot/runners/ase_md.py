@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +46,16 @@ from aiida_trainspot.exploration.md import (
     RunResult,
     explore,
 )
+from aiida_trainspot.runners.common import (
+    EXIT_INPUT_FAILED,
+    EXIT_MODEL_LOAD_FAILED,
+    INPUT_FAILED,
+    MODEL_LOAD_FAILED,
+    RunnerError,
+    one_line,
+    write_atomically,
+)
 from aiida_trainspot.training.loader import load_calculator
-
-MODEL_LOAD_FAILED = 'MODEL LOAD FAILED'
-INPUT_FAILED = 'INPUT UNREADABLE'
-EXIT_MODEL_LOAD_FAILED = 3
-EXIT_INPUT_FAILED = 4
-
-
-class _RunnerError(Exception):
-    def __init__(self, prefix: str, status: int, detail: str):
-        super().__init__(detail)
-        self.prefix = prefix
-        self.status = status
-        self.detail = detail
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,18 +65,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('config', help='MD config (JSON)')
     return parser
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f'{type(exc).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
-
-
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f'.{target.name}.partial')
-    write(partial)
-    os.replace(partial, target)
 
 
 def _progress(result: RunResult) -> None:
@@ -101,7 +84,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         device = config.get('device', 'cpu')
         prefix = str(config.get('run_id_prefix') or ENGINE)
     except Exception as exc:
-        raise _RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, _one_line(exc)) from exc
+        raise RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, one_line(exc)) from exc
     start = time.perf_counter()
     try:
         calculator = load_calculator(
@@ -112,7 +95,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             extensions_dir=model.get('extensions'),
         )
     except Exception as exc:
-        raise _RunnerError(MODEL_LOAD_FAILED, EXIT_MODEL_LOAD_FAILED, _one_line(exc)) from exc
+        raise RunnerError(MODEL_LOAD_FAILED, EXIT_MODEL_LOAD_FAILED, one_line(exc)) from exc
     load_seconds = time.perf_counter() - start
     trajectory, runs = explore(
         frames, calculator, protocol, seed=seed, run_id_prefix=prefix, progress=_progress
@@ -133,11 +116,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         'wall_time_s': round(seconds, 3),
         'runs': runs,
     }
-    _write_atomically(
+    write_atomically(
         Path(config.get('trajectory', 'trajectory.h5')),
         lambda path: write_shard(trajectory, str(path)),
     )
-    _write_atomically(
+    write_atomically(
         Path(config.get('summary', 'summary.json')),
         lambda path: path.write_text(json.dumps(summary, indent=1, sort_keys=True)),
     )
@@ -161,11 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not isinstance(config, dict) or 'model' not in config or 'frames' not in config:
                 raise ValueError('the config names no model or no frames')
         except Exception as exc:
-            raise _RunnerError(
-                INPUT_FAILED, EXIT_INPUT_FAILED, f'{args.config}: {_one_line(exc)}'
+            raise RunnerError(
+                INPUT_FAILED, EXIT_INPUT_FAILED, f'{args.config}: {one_line(exc)}'
             ) from exc
         report = run(config)
-    except _RunnerError as failure:
+    except RunnerError as failure:
         traceback.print_exception(failure.__cause__ or failure, file=sys.stderr)
         print(f'{failure.prefix}: {failure.detail}', file=sys.stderr, flush=True)
         return failure.status

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
@@ -59,22 +58,19 @@ from aiida_trainspot.evaluation.inference import (
     reference_labels,
     split_column,
 )
+from aiida_trainspot.runners.common import (
+    EXIT_INPUT_FAILED,
+    EXIT_MODEL_LOAD_FAILED,
+    INPUT_FAILED,
+    MODEL_LOAD_FAILED,
+    RunnerError,
+    one_line,
+    write_atomically,
+)
 from aiida_trainspot.training.loader import load_calculator
 
-MODEL_LOAD_FAILED = 'MODEL LOAD FAILED'
-INPUT_FAILED = 'INPUT UNREADABLE'
 INFERENCE_FAILED = 'INFERENCE FAILED'
-EXIT_MODEL_LOAD_FAILED = 3
-EXIT_INPUT_FAILED = 4
 EXIT_INFERENCE_FAILED = 5
-
-
-class _RunnerError(Exception):
-    def __init__(self, prefix: str, status: int, detail: str):
-        super().__init__(detail)
-        self.prefix = prefix
-        self.status = status
-        self.detail = detail
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,18 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('config', help='evaluation config (JSON)')
     return parser
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f'{type(exc).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
-
-
-def _write_atomically(target: Path, write) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f'.{target.name}.partial')
-    write(partial)
-    os.replace(partial, target)
 
 
 def load_members(config: dict[str, Any]) -> list[Any]:
@@ -113,8 +97,8 @@ def load_members(config: dict[str, Any]) -> list[Any]:
                 )
             )
         except Exception as exc:
-            raise _RunnerError(
-                MODEL_LOAD_FAILED, EXIT_MODEL_LOAD_FAILED, f'{member["label"]}: {_one_line(exc)}'
+            raise RunnerError(
+                MODEL_LOAD_FAILED, EXIT_MODEL_LOAD_FAILED, f'{member["label"]}: {one_line(exc)}'
             ) from exc
     return calculators
 
@@ -139,7 +123,7 @@ def evaluate_dataset(
         if missing:
             raise ValueError(f'the dataset has no {missing} columns')
     except Exception as exc:
-        raise _RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, f'{name}: {_one_line(exc)}') from exc
+        raise RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, f'{name}: {one_line(exc)}') from exc
     accumulator = MetricsAccumulator(len(calculators))
     parts = []
     deltas: dict[str, list[np.ndarray]] = {key: [] for key in DISAGREEMENT_NAMES}
@@ -153,8 +137,8 @@ def evaluate_dataset(
             except StopIteration:
                 break
             except Exception as exc:
-                raise _RunnerError(
-                    INPUT_FAILED, EXIT_INPUT_FAILED, f'{name}: {_one_line(exc)}'
+                raise RunnerError(
+                    INPUT_FAILED, EXIT_INPUT_FAILED, f'{name}: {one_line(exc)}'
                 ) from exc
             try:
                 predictions = predict_committee(calculators, columns, batch_size=batch_size)
@@ -163,7 +147,7 @@ def evaluate_dataset(
                     f'dataset {name}, frame {start + exc.frame}, member {labels[exc.member]}: '
                     f'{exc.reason}'
                 )
-                raise _RunnerError(INFERENCE_FAILED, EXIT_INFERENCE_FAILED, detail) from exc
+                raise RunnerError(INFERENCE_FAILED, EXIT_INFERENCE_FAILED, detail) from exc
             reference = reference_labels(columns)
             accumulator.add(predictions, reference, split_column(columns))
             part = prediction_columns(predictions, reference, calibration)
@@ -175,7 +159,7 @@ def evaluate_dataset(
                     n_labelled[prop] += int(reference.mask(prop).sum())
             n_stress += int(predictions.stress_present().sum())
     output = concatenate_columns(parts)
-    _write_atomically(Path(entry['output']), lambda path: write_shard(output, str(path)))
+    write_atomically(Path(entry['output']), lambda path: write_shard(output, str(path)))
     return {
         'n_frames': int(output.n_frames),
         'n_atoms': int(output.n_atoms.sum()),
@@ -199,7 +183,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         chunk_size = int(config.get('chunk_size', 1000))
         shards = Path(config.get('shards', 'shards'))
     except Exception as exc:
-        raise _RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, f'config: {_one_line(exc)}') from exc
+        raise RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, f'config: {one_line(exc)}') from exc
     start = time.perf_counter()
     calculators = load_members(config)
     load_seconds = time.perf_counter() - start
@@ -234,7 +218,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         'calibration': calibration.to_dict() if calibration is not None else None,
         'datasets': datasets,
     }
-    _write_atomically(
+    write_atomically(
         Path(config.get('metrics', 'metrics.json')),
         lambda path: path.write_text(json.dumps(metrics, indent=1, sort_keys=True)),
     )
@@ -250,11 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not config.get('members') or not config.get('datasets'):
                 raise ValueError('the config names no members or no datasets')
         except Exception as exc:
-            raise _RunnerError(
-                INPUT_FAILED, EXIT_INPUT_FAILED, f'{args.config}: {_one_line(exc)}'
+            raise RunnerError(
+                INPUT_FAILED, EXIT_INPUT_FAILED, f'{args.config}: {one_line(exc)}'
             ) from exc
         report = run(config)
-    except _RunnerError as failure:
+    except RunnerError as failure:
         traceback.print_exception(failure.__cause__ or failure, file=sys.stderr)
         print(f'{failure.prefix}: {failure.detail}', file=sys.stderr, flush=True)
         return failure.status
