@@ -359,6 +359,15 @@ class PESData(orm.Data):
         sources = {**self._sources(), name: lambda: io.BytesIO(data)}
         return self._derive(index, sources)
 
+    def without_columns(self, names: Sequence[str]) -> PESData:
+        """A new dataset without the columns ``names`` (labels, metadata or predictions).
+
+        Only the index changes: no frame data is rewritten. Structure columns cannot be
+        removed; names the dataset does not have are ignored.
+        """
+        index = self._frame_store().index.without_columns(list(names))
+        return self._derive(index, self._sources())
+
     def with_labels(
         self,
         selection: Sequence[int] | np.ndarray,

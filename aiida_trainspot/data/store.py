@@ -319,6 +319,16 @@ class DatasetIndex:
                 column_locator[name] = len(locators) - 1
         return DatasetIndex(shards, columns, column_locator, locators).pruned()
 
+    def without_columns(self, names: Sequence[str]) -> DatasetIndex:
+        """The index without the (non-structure) columns ``names``; unknown names are ignored."""
+        structural = sorted(set(names) & set(STRUCTURE_COLUMNS))
+        if structural:
+            raise ValueError(f'the structure columns {structural} cannot be removed')
+        drop = set(names)
+        columns = {k: v for k, v in self.columns.items() if k not in drop}
+        column_locator = {k: v for k, v in self.column_locator.items() if k not in drop}
+        return DatasetIndex(list(self.shards), columns, column_locator, list(self.locators)).pruned()
+
     def pruned(self) -> DatasetIndex:
         """Drop unused locators and shards, renumbering what remains."""
         used_locators = sorted({0, *self.column_locator.values()})

@@ -62,9 +62,20 @@ def calibrate_committee(
     settings: orm.Dict,
     previous: orm.Dict | None = None,
 ) -> dict[str, orm.Dict]:
-    """Fit δ ≈ a·ε on labelled held-out frames; thresholds τ = a·ε_thr; TPR/PPV diagnostics."""
+    """Fit δ ≈ a·ε on labelled held-out frames; thresholds τ = a·ε_thr; TPR/PPV diagnostics.
+
+    ``settings``: ``method``, ``min_points``, ``power_law`` and ``splits`` (the splits whose
+    frames the fit uses, e.g. ``['validation', 'test']``; all frames when absent, or when those
+    splits hold fewer than ``min_points`` labelled frames). ``diagnostics['splits']`` records
+    which frames were used.
+    """
     deltas, errors = disagreement_and_errors(predictions)
     options = settings.get_dict()
+    used, used_splits = calibration_frames(
+        predictions, errors, options.get('splits'), options.get('min_points', 5)
+    )
+    deltas = {k: v[used] for k, v in deltas.items()}
+    errors = {k: v[used] for k, v in errors.items()}
     calibration = calibrate(
         deltas,
         errors,
@@ -74,7 +85,12 @@ def calibrate_committee(
         previous=Calibration.from_dict(previous.get_dict()) if previous is not None else None,
         power_law=options.get('power_law', False),
     )
-    report = {'at_thresholds': diagnostics(calibration, deltas, errors), 'grid': {}}
+    report = {
+        'at_thresholds': diagnostics(calibration, deltas, errors),
+        'grid': {},
+        'splits': used_splits,
+        'n_frames': int(used.sum()),
+    }
     for name, tau in calibration.thresholds.items():
         if name in errors:
             factors = np.array(GRID_FACTORS)
@@ -93,6 +109,30 @@ def calibrate_committee(
         'calibration': orm.Dict(calibration.to_dict()),
         'diagnostics': orm.Dict(_jsonable(report)),
     }
+
+
+def calibration_frames(
+    predictions: PESData,
+    errors: dict[str, np.ndarray],
+    splits: list[str] | None,
+    min_points: int,
+) -> tuple[np.ndarray, list[str]]:
+    """Mask of the frames to calibrate on: those of ``splits`` if enough are labelled, else all.
+
+    Frames the committee trained on have smaller errors than new ones, so held-out frames
+    calibrate better; a young campaign may not have ``min_points`` of them yet.
+    """
+    everything = (np.ones(len(predictions), dtype=bool), ['all'])
+    if not splits or 'split' not in predictions.column_names:
+        return everything
+    values, present = predictions.get_column('split')
+    chosen = present & np.isin(np.asarray(values, dtype=object), list(splits))
+    labelled = np.zeros(len(predictions), dtype=bool)
+    for error in errors.values():
+        labelled |= np.isfinite(error)
+    if int((chosen & labelled).sum()) >= min_points:
+        return chosen, list(splits)
+    return everything
 
 
 def min_distances(dataset: PESData, cutoff: float) -> np.ndarray:

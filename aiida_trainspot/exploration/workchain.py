@@ -73,14 +73,16 @@ def _natural(key: str) -> tuple:
     return (prefix, int(number) if number.isdigit() else number)
 
 
-def _validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:
+def _validate_inputs(inputs: dict[str, Any], ctx: Any) -> str | None:
     engine = inputs['engine'].value
     if engine not in ENGINES:
         return f'engine: unknown engine {engine!r}; choose one of {list(ENGINES)}'
     problems = protocol_problems(inputs['protocol'].get_dict())
     if problems:
         return 'protocol: ' + '; '.join(problems)
-    has_model = 'model' in inputs or bool(inputs.get('models'))
+    # a wrapping workflow that excluded the model ports gives the committee itself
+    excluded = ctx is not None and 'model' not in ctx and 'models' not in ctx
+    has_model = excluded or 'model' in inputs or bool(inputs.get('models'))
     lammps = inputs.get('lammps', {})
     if engine == 'ase' and not has_model:
         return 'model: the ase engine needs a model (or models, one drawn at random)'

@@ -126,7 +126,7 @@ def _failure_reason(node: orm.ProcessNode) -> str:
 
 def _validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:
     """Check the engine and what it needs, before anything is stored."""
-    engine = inputs['engine'].value
+    engine = inputs['engine'].value if 'engine' in inputs else 'qe'  # absent: a wrapper's defaults
     if engine not in ENGINES:
         return f'engine: unknown engine {engine!r}; choose one of {list(ENGINES)}'
     dataset = inputs.get('dataset')

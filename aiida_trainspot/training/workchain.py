@@ -73,16 +73,20 @@ def committee_report(seeds: orm.List, failures: orm.Dict, **models: PotentialMod
 
 
 def _validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:
+    if 'engine' not in inputs:
+        return None  # the port says what is missing
     engine = inputs['engine'].value
     if engine not in ENGINES:
         return f'engine: unknown engine {engine!r}; choose one of {list(ENGINES)}'
-    size, minimum = inputs['committee_size'].value, inputs['min_members'].value
+    size = inputs['committee_size'].value if 'committee_size' in inputs else 4
+    minimum = inputs['min_members'].value if 'min_members' in inputs else 2
     if size < 2:
         return f'committee_size: a committee needs at least 2 members, got {size}'
     if not 1 <= minimum <= size:
         return f'min_members: must be between 1 and committee_size ({size}), got {minimum}'
     try:
-        fractions = check_fractions(inputs['split_fractions'].get_dict())
+        split = inputs.get('split_fractions')
+        fractions = check_fractions(split.get_dict() if split is not None else DEFAULT_FRACTIONS)
     except ValueError as exception:
         return f'split_fractions: {exception}'
     message = training_calculation(engine).validate_inputs(
@@ -90,7 +94,10 @@ def _validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:
     )
     if message:
         return message
-    return _check_dataset(inputs['dataset'], inputs['seed'].value, fractions)
+    if 'dataset' not in inputs:  # excluded by a wrapping workflow, which gives it later
+        return None
+    seed = inputs['seed'].value if 'seed' in inputs else 0
+    return _check_dataset(inputs['dataset'], seed, fractions)
 
 
 def _check_dataset(dataset: PESData, seed: int, fractions: dict[str, float]) -> str | None:

@@ -1,0 +1,1 @@
+"""YAML protocols of the work chains (read with importlib.resources)."""
