@@ -99,6 +99,8 @@ def aiida_profile(aiida_config, aiida_profile_factory):
     Session-scoped and loaded for every test; ``aiida_profile_clean`` empties it for one test.
     """
     with aiida_profile_factory(aiida_config, broker_backend='core.zeromq') as profile:
+        # a loaded 2-core machine answers the daemon's circus controller slowly (default 2 s)
+        aiida_config.set_option('daemon.timeout', 30, scope=profile.name)
         yield profile
 
 

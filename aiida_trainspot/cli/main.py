@@ -87,3 +87,8 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
             raise click.BadParameter(f'expected KEY=VALUE, got {value!r}', param_hint=option)
         pairs[key] = rest
     return pairs
+
+
+from .setup import setup  # noqa: E402
+
+cli.add_command(setup)

@@ -327,7 +327,8 @@ class DatasetIndex:
         drop = set(names)
         columns = {k: v for k, v in self.columns.items() if k not in drop}
         column_locator = {k: v for k, v in self.column_locator.items() if k not in drop}
-        return DatasetIndex(list(self.shards), columns, column_locator, list(self.locators)).pruned()
+        index = DatasetIndex(list(self.shards), columns, column_locator, list(self.locators))
+        return index.pruned()
 
     def pruned(self) -> DatasetIndex:
         """Drop unused locators and shards, renumbering what remains."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiida import orm
+
 from aiida_trainspot.evaluation.calibration import METHODS, PROPERTIES
 from aiida_trainspot.evaluation.selection import SelectionSettings
 
@@ -80,10 +82,34 @@ def _validate_start(inputs: dict[str, Any]) -> str | None:
     return None
 
 
+def restart_reference(value: Any) -> orm.Str:
+    """``restart_from`` as the UUID of the run: a process node, a PK or a UUID are accepted.
+
+    A process node cannot be the input of another process in AiiDA's provenance graph (only data
+    can), so the run is referenced by its UUID and its checkpoints become outputs of the new run.
+    """
+    if isinstance(value, orm.Str):
+        return value
+    if isinstance(value, orm.ProcessNode):
+        return orm.Str(value.uuid)
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return orm.Str(orm.load_node(value).uuid)
+        except Exception:
+            return orm.Str(str(value))  # the validator names the problem
+    raise TypeError(f'restart_from: give a TrainsPotWorkChain node, PK or UUID, not {value!r}')
+
+
 def _validate_restart(inputs: dict[str, Any]) -> str | None:
-    node = inputs.get('restart_from')
-    if node is None:
+    reference = inputs.get('restart_from')
+    if reference is None:
         return None
+    try:
+        node = orm.load_node(reference.value)
+    except Exception:
+        return f'restart_from: no process with UUID or PK {reference.value!r}'
+    if not isinstance(node, orm.WorkflowNode):
+        return f'restart_from: node {node.pk} is a {type(node).__name__}, not a TrainsPotWorkChain'
     if not (node.process_type or '').endswith('trainspot.trainspot'):
         return f'restart_from: node {node.pk} is a {node.process_type}, not a TrainsPotWorkChain'
     if not node.is_terminated:

@@ -1,4 +1,4 @@
-"""Calcfunctions of the active-learning loop, so each of its decisions is in the provenance graph."""
+"""Calcfunctions of the active-learning loop: each of its decisions is in the provenance graph."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def prepare_selection(selected: PESData, iteration: orm.Int) -> PESData:
     The MD metadata (run, step, temperature, source frame) is kept; ``generation_method`` becomes
     ``'md'`` so that the split stays stratified and the composition plots can tell them apart.
     """
-    clean = selected.without_columns(PREDICTION_COLUMNS + ('split',))
+    clean = selected.without_columns((*PREDICTION_COLUMNS, 'split'))
     n = len(clean)
     return clean.with_columns(
         np.arange(n),

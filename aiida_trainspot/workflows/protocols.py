@@ -202,7 +202,9 @@ def _labelling(
 ) -> dict[str, Any]:
     if 'pw' in codes:
         if pseudo_family is None:
-            raise ValueError('pseudo_family: the pw labelling engine needs a pseudopotential family')
+            raise ValueError(
+                'pseudo_family: the pw labelling engine needs a pseudopotential family'
+            )
         qe = {**values.get('qe', {}), 'code': codes['pw'], 'pseudo_family': pseudo_family}
         values.pop('ase', None)
         return {**values, 'engine': 'qe', 'qe': qe}

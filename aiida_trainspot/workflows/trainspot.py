@@ -1,4 +1,4 @@
-"""``TrainsPotWorkChain``: the active-learning loop, from a few structures to a calibrated committee.
+"""``TrainsPotWorkChain``: active learning from a few structures to a calibrated committee.
 
 Outline: augmentation (once, optional) → repeat { label the unlabelled frames → train the
 committee (warm start from the previous one) → explore with one member drawn at random →
@@ -19,6 +19,7 @@ from typing import Any
 
 from aiida import orm
 from aiida.common import AttributeDict
+from aiida.common.links import LinkType
 from aiida.engine import ToContext, WorkChain, if_, while_
 from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
 
@@ -91,11 +92,13 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         )
         spec.input(
             'restart_from',
-            valid_type=orm.WorkflowNode,
+            valid_type=orm.Str,
             required=False,
-            help='A previous TrainsPotWorkChain (finished, failed or killed): continue after its '
-            'last completed stage with its iteration count, dataset, committee, calibration and '
-            'history. Give the same inputs (`node.get_builder_restart()`).',
+            serializer=checks.restart_reference,
+            help='A previous TrainsPotWorkChain (finished, failed or killed; its node, PK or '
+            'UUID, stored as the UUID): continue after its last completed stage with its '
+            'iteration count, dataset, committee, calibration and history. Give the same inputs '
+            '(`node.get_builder_restart()`). Its checkpoints become outputs of the new run.',
         )
         spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0), help='Seeds all draws.')
         spec.input(
@@ -203,9 +206,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         spec.output(
             'initial_dataset', valid_type=PESData, help='The augmented/input frames before labels.'
         )
-        spec.output(
-            'summary', valid_type=orm.Dict, help='Stop reason, iterations, labels used.'
-        )
+        spec.output('summary', valid_type=orm.Dict, help='Stop reason, iterations, labels used.')
         spec.output_namespace(
             'iterations',
             dynamic=True,
@@ -230,9 +231,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             'ERROR_NO_LABELLED_FRAMES',
             message='No frame could be labelled: nothing to train on.',
         )
-        spec.exit_code(
-            409, 'ERROR_RESTART_FAILED', message='Cannot restart from {pk}: {detail}'
-        )
+        spec.exit_code(409, 'ERROR_RESTART_FAILED', message='Cannot restart from {pk}: {detail}')
 
     # ------------------------------------------------------------------ protocols
 
@@ -270,12 +269,12 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         if ctx.models:
             ctx.stage = 'evaluation' if ctx.explored is not None else 'exploration'
         if 'restart_from' in self.inputs:
-            return self._resume(self.inputs.restart_from)
+            return self._resume(orm.load_node(self.inputs.restart_from.value))
         return None
 
     def _resume(self, node: orm.WorkflowNode):
         """Carry the iteration count, datasets, committee, calibration and history of ``node``."""
-        outputs = node.base.links.get_outgoing(link_type=orm.LinkType.RETURN).nested()
+        outputs = node.base.links.get_outgoing(link_type=LinkType.RETURN).nested()
         if 'initial_dataset' not in outputs:
             self.report(f'restart: {node.pk} emitted no initial dataset; starting afresh')
             return None
@@ -484,9 +483,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         inputs = AttributeDict(self.exposed_inputs(ExplorationWorkChain, 'exploration'))
         inputs.structures = self.inputs.get('md_structures', self.ctx.initial)
         inputs.models = dict(self.ctx.models)
-        inputs.seed = orm.Int(
-            stage_seed(self.inputs.seed.value, self.ctx.iteration, 'exploration')
-        )
+        inputs.seed = orm.Int(stage_seed(self.inputs.seed.value, self.ctx.iteration, 'exploration'))
         inputs.metadata = {'call_link_label': f'{iteration_key(self.ctx.iteration)}_exploration'}
         return ToContext(exploration=self.submit(ExplorationWorkChain, **inputs))
 
@@ -502,9 +499,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         self.ctx.explored = node.outputs.trajectory
         self.ctx.summaries['exploration'] = node.outputs.summary
         self._checkpoint(explored=self.ctx.explored, exploration_summary=node.outputs.summary)
-        self.report(
-            f'iteration {self.ctx.iteration} exploration: {len(self.ctx.explored)} frames'
-        )
+        self.report(f'iteration {self.ctx.iteration} exploration: {len(self.ctx.explored)} frames')
         return None
 
     def run_evaluation(self):
@@ -540,7 +535,10 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         except ValueError as exception:
             return self._fail(self.exit_codes.ERROR_CALIBRATION_FAILED.format(detail=exception))
         self.ctx.calibration = calibrated['calibration']
-        settings = {**self.inputs.selection.get_dict(), 'max_selected': self.inputs.max_selected.value}
+        settings = {
+            **self.inputs.selection.get_dict(),
+            'max_selected': self.inputs.max_selected.value,
+        }
         selection = select_for_labelling(
             predictions.explored,
             calibrated['calibration'],
@@ -591,9 +589,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         self.report(self._iteration_line(record.get_dict()))
         if decision.failure:
             return self._fail(
-                self.exit_codes.ERROR_NO_SELECTABLE_FRAMES.format(
-                    n_candidates=counts['candidates']
-                )
+                self.exit_codes.ERROR_NO_SELECTABLE_FRAMES.format(n_candidates=counts['candidates'])
             )
         if decision.goes_on:
             self.ctx.iteration += 1

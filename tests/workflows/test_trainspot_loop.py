@@ -1,9 +1,15 @@
 """TrainsPotWorkChain end to end with real codes: ASE oracle, MACE, metatrain, pw.x, restarts."""
 
+import contextlib
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
-from aiida import orm
-from aiida.engine import run_get_node
+from aiida.common.links import LinkType
+from aiida.engine import run_get_node, submit
+from aiida.engine.processes.control import kill_processes
 
 from aiida_trainspot.workflows.trainspot import TrainsPotWorkChain
 
@@ -71,3 +77,92 @@ def test_fast_loop_with_tersoff_oracle(loop_codes, tersoff_file):
     for record in records:
         assert record['calibration']['slopes']['forces'] > 0
         assert np.isfinite(record['rmse']['all']['forces']['committee'])
+
+
+def call_labels(node):
+    return {
+        link.link_label
+        for link in node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC))
+    }
+
+
+def wait_for(condition, timeout, what):
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f'timed out after {timeout} s waiting for {what}')
+        time.sleep(1.0)
+
+
+def one_iteration(codes, tersoff_file, seed=5):
+    return tersoff_builder(codes, tersoff_file, overrides={'max_iterations': 1}, seed=seed)
+
+
+@pytest.mark.slow
+def test_restart_from_run_killed_during_exploration(
+    loop_codes, tersoff_file, started_daemon_client
+):
+    node = submit(one_iteration(loop_codes, tersoff_file))
+    wait_for(
+        lambda: 'iteration_01_exploration' in call_labels(node) or node.is_terminated,
+        600,
+        'the exploration to start',
+    )
+    kill_processes([node], timeout=120)
+    wait_for(lambda: node.is_terminated, 120, 'the run to be killed')
+    assert node.is_killed
+    checkpoints = node.outputs.iterations.iteration_01
+    assert 'models' in checkpoints and 'explored' not in checkpoints
+
+    builder = node.get_builder_restart()
+    builder.restart_from = node
+    results, restarted = run_get_node(builder)
+    assert restarted.is_finished_ok, restarted.exit_message
+    labels = call_labels(restarted)
+    assert 'iteration_01_exploration' in labels
+    assert not any('labelling' in label or 'training' in label for label in labels)
+    assert not any(label == 'augmentation' for label in labels)
+    old = {m.uuid for m in checkpoints.models.values()}
+    assert {m.uuid for m in results['models'].values()} == old
+    assert results['dataset'].uuid == checkpoints.dataset.uuid
+    check_consistent(restarted, results)
+
+
+def selected_positions(results):
+    iteration = results['iterations']['iteration_01']
+    if 'selected' not in iteration:
+        return np.zeros((0, 3))
+    return iteration['selected'].get_columns([]).atom['positions']
+
+
+@pytest.mark.slow
+def test_daemon_killed_mid_iteration_selects_the_same_frames(
+    loop_codes, tersoff_file, started_daemon_client
+):
+    reference, reference_node = run_get_node(one_iteration(loop_codes, tersoff_file, seed=9))
+    assert reference_node.is_finished_ok, reference_node.exit_message
+
+    node = submit(one_iteration(loop_codes, tersoff_file, seed=9))
+    wait_for(
+        lambda: 'iteration_01_training' in call_labels(node) or node.is_terminated,
+        600,
+        'the training to start',
+    )
+    client = started_daemon_client
+    workers = [int(info['pid']) for info in client.get_worker_info()['info'].values()]
+    for pid in [client.get_daemon_pid(), *workers]:
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(2.0)
+    assert not node.is_terminated
+    client.start_daemon()
+    wait_for(lambda: node.is_terminated, 900, 'the run to finish after the daemon restart')
+    assert node.is_finished_ok, node.exit_message
+    results = {
+        'iterations': node.outputs.iterations,
+        'dataset': node.outputs.dataset,
+    }
+    assert len(results['dataset']) == len(reference['dataset'])
+    np.testing.assert_allclose(selected_positions(results), selected_positions(reference))
+    same = node.outputs.iterations.iteration_01.record.get_dict()['selection']
+    assert same == reference['iterations']['iteration_01']['record'].get_dict()['selection']
