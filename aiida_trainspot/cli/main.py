@@ -13,16 +13,6 @@ def cli() -> None:
     """Build machine-learning interatomic potentials by active learning, on AiiDA."""
 
 
-@cli.command()
-@click.argument('name', type=click.Choice(['carbon']))
-def example(name: str) -> None:
-    """Run a bundled example (examples/NAME) end to end."""
-    raise click.ClickException(
-        f'the {name} example needs the active-learning loop (TrainsPotWorkChain), which is not '
-        'implemented yet: the set-up is done; see the README for what already works'
-    )
-
-
 @cli.group()
 def pseudos() -> None:
     """Pseudopotential families for the Quantum ESPRESSO engine."""
@@ -92,3 +82,8 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 from .setup import setup  # noqa: E402
 
 cli.add_command(setup)
+from .campaign import example, export, plot, run, status  # noqa: E402
+from .data import data  # noqa: E402
+
+for command in (run, status, plot, export, example, data):
+    cli.add_command(command)

@@ -452,6 +452,18 @@ def ensure_pseudo_family(label: str, elements: tuple[str, ...], folder: str) -> 
     return f'pseudo family {label}: {state} ({", ".join(sorted(family.elements))})'
 
 
+def local_codes(computer) -> list[str]:
+    """Create (or keep) the codes of :data:`LOCAL_CODES` on ``computer``; one line each."""
+    lines = []
+    for label, executable, plugin in LOCAL_CODES:
+        path = find_executable(executable)
+        if path is None:
+            lines.append(f'code {label}@{LOCALHOST}: skipped, {executable} not found')
+            continue
+        lines.append(ensure_code(computer, label, path, plugin))
+    return lines
+
+
 # --------------------------------------------------------------------------------------------------
 # The command.
 
@@ -530,12 +542,8 @@ def setup(
     if localhost:
         computer, line = ensure_localhost(work_dir)
         click.echo(line)
-        for label, executable, plugin in LOCAL_CODES:
-            path = find_executable(executable)
-            if path is None:
-                click.echo(f'code {label}@{LOCALHOST}: skipped, {executable} not found')
-                continue
-            click.echo(ensure_code(computer, label, path, plugin))
+        for line in local_codes(computer):
+            click.echo(line)
     label = pseudo_family or f'trainspot-pbe-{"-".join(elements)}'
     click.echo(ensure_pseudo_family(label, elements, pseudo_folder))
     if config is not None:

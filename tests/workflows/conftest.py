@@ -20,7 +20,7 @@ def carbon_structures():
         scaled_positions=[[0, 0, 0.25], [1 / 3, 2 / 3, 0.25], [0, 0, 0.75], [2 / 3, 1 / 3, 0.75]],
         pbc=True,
     )  # AB-stacked graphite
-    sheet = graphene(a=2.46, vacuum=5.0)
+    sheet = graphene(a=2.46, vacuum=6.0)  # c = 12 A: pw.x 2D cutoff > 10 bohr
     sheet.pbc = (True, True, False)
     for atoms in (diamond, graphite, sheet):
         atoms.info.clear()

@@ -7,10 +7,13 @@ import time
 
 import numpy as np
 import pytest
+from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import run_get_node, submit
 from aiida.engine.processes.control import kill_processes
+from ase.io import read
 
+from aiida_trainspot.data import PESData
 from aiida_trainspot.workflows.trainspot import TrainsPotWorkChain
 
 from .conftest import carbon_structures
@@ -61,10 +64,21 @@ def check_consistent(node, results):
     return records
 
 
+_FAST_LOOP = {}
+
+
+@pytest.fixture
+def fast_loop(loop_codes, tersoff_file):
+    """One 2-iteration campaign (Tersoff oracle, 2 MACE members), run once, shared by the tests
+    of the loop and of the CLI (code fixtures are function-scoped, hence the cache)."""
+    if 'run' not in _FAST_LOOP:
+        _FAST_LOOP['run'] = run_get_node(tersoff_builder(loop_codes, tersoff_file))
+    return _FAST_LOOP['run']
+
+
 @pytest.mark.slow
-def test_fast_loop_with_tersoff_oracle(loop_codes, tersoff_file):
-    builder = tersoff_builder(loop_codes, tersoff_file)
-    results, node = run_get_node(builder)
+def test_fast_loop_with_tersoff_oracle(fast_loop):
+    results, node = fast_loop
     assert node.is_finished_ok, node.exit_message
     records = check_consistent(node, results)
     assert len(records) == 2
@@ -166,3 +180,76 @@ def test_daemon_killed_mid_iteration_selects_the_same_frames(
     np.testing.assert_allclose(selected_positions(results), selected_positions(reference))
     same = node.outputs.iterations.iteration_01.record.get_dict()['selection']
     assert same == reference['iterations']['iteration_01']['record'].get_dict()['selection']
+
+
+@pytest.mark.slow
+def test_cli_status_plot_export(fast_loop, tmp_path):
+    from click.testing import CliRunner
+
+    from aiida_trainspot.cli import cli
+
+    results, node = fast_loop
+    runner = CliRunner()
+    status = runner.invoke(cli, ['status', str(node.pk)])
+    assert status.exit_code == 0, status.output
+    lines = status.output.splitlines()
+    assert lines[0].startswith(f'TrainsPotWorkChain<{node.pk}> finished [0]')
+    assert len([line for line in lines if line.strip().startswith(('1 ', '2 '))]) == 2
+    plot = runner.invoke(cli, ['plot', str(node.pk), '--out', str(tmp_path / 'plots')])
+    assert plot.exit_code == 0, plot.output
+    names = sorted(p.name for p in (tmp_path / 'plots').glob('*.png'))
+    assert names == ['calibration.png', 'composition.png', 'parity.png', 'rmse.png']
+    export = runner.invoke(
+        cli,
+        [
+            'export',
+            str(node.pk),
+            '--dataset',
+            str(tmp_path / 'data.xyz'),
+            '--models',
+            str(tmp_path / 'models'),
+        ],
+    )
+    assert export.exit_code == 0, export.output
+    frames = read(tmp_path / 'data.xyz', index=':')
+    assert len(frames) == len(results['dataset'])
+    assert all('REF_energy' in atoms.info for atoms in frames)
+    assert len(list((tmp_path / 'models').glob('member_*/*.model'))) == 2
+    # bad input: one line, non-zero exit, no traceback
+    for args in (['status', '999999'], ['status', str(results['dataset'].pk)], ['export', '1']):
+        bad = runner.invoke(cli, args)
+        assert bad.exit_code != 0
+        assert 'Traceback' not in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_metatrain_committee_one_iteration(
+    ase_code, mtt_code, ase_md_code, evaluate_code, tersoff_file
+):
+    codes = {'ase_label': ase_code, 'train': mtt_code, 'md': ase_md_code, 'evaluate': evaluate_code}
+    builder = tersoff_builder(codes, tersoff_file, overrides={'max_iterations': 1})
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    assert {m.engine for m in results['models'].values()} == {'metatrain'}
+    records = check_consistent(node, results)
+    assert len(records) == 1 and records[0]['training']['n_members'] == 2
+
+
+def test_bad_inputs_are_named_at_submission(loop_codes, tersoff_file):
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    def problem(**changes):
+        builder = tersoff_builder(loop_codes, tersoff_file)
+        for key, value in changes.items():
+            builder[key] = value
+        with pytest.raises(ValueError) as error:
+            instantiate_process(get_manager().get_runner(), builder)
+        return str(error.value)
+
+    assert 'error_thresholds' in problem(error_thresholds=orm.Dict({'force': 0.1}))
+    assert 'calibration.method' in problem(calibration=orm.Dict({'method': 'magic'}))
+    assert 'selection' in problem(selection=orm.Dict({'min_distanse': 0.3}))
+    assert 'explored' in problem(explored=PESData.from_ase(carbon_structures()))
+    assert 'restart_from' in problem(restart_from=orm.Str('not-a-uuid'))
+    assert 'max_iterations' in problem(max_iterations=orm.Int(0))

@@ -1,0 +1,348 @@
+"""``aiida-trainspot run | status | plot | export | example``: drive and inspect a campaign.
+
+A run is described by a small YAML file (every key optional but ``structures`` and ``codes``)::
+
+    structures: [diamond.xyz, graphite.xyz]   # any format ASE reads; relative to the YAML file
+    protocol: fast                            # fast | moderate | precise
+    codes: {pw: pw@localhost, train: mace_run_train@localhost,
+            md: trainspot-ase-md@localhost, evaluate: trainspot-evaluate@localhost}
+    pseudo_family: trainspot-pbe-C            # the pw engine
+    ase_calculator: {name: emt}               # or the ase_label engine
+    ase_parameter_file: SiC.tersoff
+    options: {max_wallclock_seconds: 3600}    # metadata.options of every job
+    overrides: {max_iterations: 3}            # merged over the protocol
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .data import _load_profile, _one_line, write_extxyz
+
+CONFIG_KEYS = frozenset(
+    {
+        'structures',
+        'protocol',
+        'codes',
+        'pseudo_family',
+        'ase_calculator',
+        'ase_parameter_file',
+        'options',
+        'overrides',
+    }
+)
+EXAMPLES = Path(__file__).resolve().parents[2] / 'examples'
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """The YAML of a run, with paths resolved against its folder; bad input: ClickException."""
+    import yaml
+
+    if not path.is_file():
+        raise click.ClickException(f'no such file: {path}')
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exception:
+        raise click.ClickException(f'{path}: not valid YAML ({_one_line(exception)})') from None
+    if not isinstance(config, dict):
+        raise click.ClickException(f'{path}: expected a mapping of keys to values')
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise click.ClickException(f'{path}: unknown keys {unknown}; known: {sorted(CONFIG_KEYS)}')
+    for key in ('structures', 'codes'):
+        if key not in config:
+            raise click.ClickException(f'{path}: `{key}` is missing')
+    structures = config['structures']
+    structures = [structures] if isinstance(structures, str) else list(structures)
+    config['structures'] = [str((path.parent / s).resolve()) for s in structures]
+    if config.get('ase_parameter_file'):
+        config['ase_parameter_file'] = str((path.parent / config['ase_parameter_file']).resolve())
+    return config
+
+
+def build(config: dict[str, Any]) -> Any:
+    """The TrainsPotWorkChain builder of a run configuration (warnings become messages)."""
+    from aiida_trainspot.workflows.trainspot import TrainsPotWorkChain
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        try:
+            builder = TrainsPotWorkChain.get_builder_from_protocol(
+                config['codes'],
+                config['structures'],
+                protocol=config.get('protocol'),
+                overrides=config.get('overrides') or {},
+                pseudo_family=config.get('pseudo_family'),
+                ase_calculator=config.get('ase_calculator'),
+                ase_parameter_file=config.get('ase_parameter_file'),
+                options=config.get('options'),
+            )
+        except (ValueError, TypeError, KeyError) as exception:
+            raise click.ClickException(_one_line(exception)) from None
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            click.echo(f'Warning: {warning.message}', err=True)
+    return builder
+
+
+#: Processes whose reports make the live progress of a foreground run (one line per stage).
+PROGRESS_PROCESSES = (
+    'TrainsPotWorkChain',
+    'DatasetAugmentationWorkChain',
+    'AbInitioLabellingWorkChain',
+    'TrainingWorkChain',
+    'ExplorationWorkChain',
+)
+
+
+class _ReportEcho(logging.Handler):
+    """Print the stage reports of a foreground run as they come, and every error."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR or any(
+            f'|{name}|' in message for name in PROGRESS_PROCESSES
+        ):
+            click.echo(f'{self.format(record)}')
+
+
+def foreground_runner(manager: Any) -> Any:
+    """The profile's runner; without a broker service running, one that needs none.
+
+    A foreground run executes every sub-process in this Python process, so it needs no broker;
+    only `verdi process kill/pause` cannot reach it then (Ctrl-C still kills it).
+    """
+    broker = manager.get_broker()
+    reachable = getattr(broker, 'check_service_reachable', None)
+    if broker is None or reachable is None or reachable():
+        return manager.get_runner()
+    runner = manager.create_runner(communicator=None)
+    manager._runner = runner  # so that calcfunctions and sub-processes use this runner too
+    return runner
+
+
+def run_foreground(builder: Any) -> Any:
+    """Run in this process; print the PK first, then every report line; return the node."""
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    runner = foreground_runner(get_manager())
+    process = instantiate_process(runner, builder)
+    click.echo(f'TrainsPotWorkChain<{process.node.pk}> running in the foreground (Ctrl-C kills)')
+    handler = _ReportEcho(level=logging.INFO)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+    logger = logging.getLogger('aiida')
+    console = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+    for existing in console:  # aiida's console handler would print every sub-process line
+        logger.removeHandler(existing)
+    logger.addHandler(handler)
+    try:
+        runner.run(process)
+    finally:
+        logger.removeHandler(handler)
+        for existing in console:
+            logger.addHandler(existing)
+    return process.node
+
+
+def load_run(identifier: str) -> Any:
+    """The TrainsPotWorkChain node with PK or UUID ``identifier``."""
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    _load_profile()
+    try:
+        node = orm.load_node(int(identifier) if identifier.isdigit() else identifier)
+    except (NotExistent, MultipleObjectsError, ValueError):
+        raise click.ClickException(f'no node with PK or UUID {identifier}') from None
+    if not (node.process_type or '').endswith('trainspot.trainspot'):
+        raise click.ClickException(
+            f'node {node.pk} is not a TrainsPotWorkChain (it is a {type(node).__name__})'
+        )
+    return node
+
+
+def records_of(node: Any) -> list[dict[str, Any]]:
+    """The per-iteration records a run has emitted so far."""
+    from aiida.common.links import LinkType
+
+    outputs = node.base.links.get_outgoing(link_type=LinkType.RETURN).nested()
+    iterations = outputs.get('iterations', {})
+    return [
+        iterations[key]['record'].get_dict()
+        for key in sorted(iterations)
+        if 'record' in iterations[key]
+    ]
+
+
+def last_checkpoint(node: Any, name: str) -> Any:
+    """The latest ``iterations.<it>.<name>`` output of a run, or None."""
+    from aiida.common.links import LinkType
+
+    iterations = node.base.links.get_outgoing(link_type=LinkType.RETURN).nested()
+    iterations = iterations.get('iterations', {})
+    for key in sorted(iterations, reverse=True):
+        if name in iterations[key]:
+            return iterations[key][name]
+    return None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return '-'
+    if isinstance(value, float):
+        return f'{value:.3g}'
+    return str(value)
+
+
+def status_table(node: Any) -> str:
+    """A text table, one row per finished iteration, under the run's state."""
+    from aiida_trainspot.workflows.records import status_rows
+
+    rows = status_rows(records_of(node))
+    state = node.process_state.value if node.process_state else 'created'
+    if node.is_finished:
+        state += f' [{node.exit_status}]'
+    lines = [f'TrainsPotWorkChain<{node.pk}> {state}']
+    if not rows:
+        return '\n'.join([*lines, 'no iteration finished yet'])
+    header = list(rows[0])
+    table = [[_cell(row[key]) for key in header] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+    lines.append('  '.join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    lines.extend('  '.join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in table)
+    lines.append('rmse_e: meV/atom, rmse_f: meV/Angstrom (validation, committee mean)')
+    return '\n'.join(lines)
+
+
+def write_plots(node: Any, out: Path) -> list[Path]:
+    """The campaign's PNGs: RMSE history, composition, parity and calibration."""
+    from aiida_trainspot.plots import write_campaign_plots
+
+    records = records_of(node)
+    if not records:
+        raise click.ClickException(f'run {node.pk} has finished no iteration yet: nothing to plot')
+    predictions = last_checkpoint(node, 'predictions')
+    calibration = last_checkpoint(node, 'calibration')
+    return write_campaign_plots(
+        records,
+        out,
+        predictions=predictions['labelled'] if predictions else None,
+        calibration=calibration.get_dict() if calibration is not None else None,
+    )
+
+
+def export_run(node: Any, dataset_file: Path | None, models_dir: Path | None) -> list[str]:
+    """Write the labelled dataset (extxyz, REF_ keys) and the committee's model files."""
+    lines = []
+    if dataset_file is not None:
+        if 'dataset' not in node.outputs:
+            raise click.ClickException(f'run {node.pk} has no dataset output (yet)')
+        count = write_extxyz(node.outputs.dataset, dataset_file)
+        lines.append(f'dataset: {count} frames -> {dataset_file}')
+    if models_dir is not None:
+        if 'models' not in node.outputs:
+            raise click.ClickException(f'run {node.pk} has no committee output (yet)')
+        for label, model in sorted(node.outputs.models.items()):
+            paths = model.export(models_dir / label)
+            lines.append(f'{label}: {paths["model"]}')
+    return lines
+
+
+@click.command('run')
+@click.argument('config_file', metavar='CONFIG.yaml', type=click.Path(path_type=Path))
+@click.option('--daemon', is_flag=True, help='Submit to the daemon and return.')
+def run(config_file: Path, daemon: bool) -> None:
+    """Run a campaign described by CONFIG.yaml (protocol, structures, codes, overrides)."""
+    config = read_run_config(config_file)
+    _load_profile()
+    builder = build(config)
+    if daemon:
+        from aiida.engine import submit
+
+        node = submit(builder)
+        click.echo(
+            f'TrainsPotWorkChain<{node.pk}> submitted; follow it with '
+            f'`aiida-trainspot status {node.pk}`'
+        )
+        return
+    node = run_foreground(builder)
+    click.echo(status_table(node))
+    if not node.is_finished_ok:
+        raise click.ClickException(f'run {node.pk} did not finish ok: {node.exit_message}')
+
+
+@click.command('status')
+@click.argument('identifier', metavar='PK')
+def status(identifier: str) -> None:
+    """One row per iteration of a run (works while it runs)."""
+    click.echo(status_table(load_run(identifier)))
+
+
+@click.command('plot')
+@click.argument('identifier', metavar='PK')
+@click.option(
+    '--out',
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path('trainspot-plots'),
+    show_default=True,
+    help='Folder of the PNG files.',
+)
+def plot(identifier: str, out: Path) -> None:
+    """PNG plots of a run: RMSE per iteration, parity, calibration, composition."""
+    for path in write_plots(load_run(identifier), out):
+        click.echo(str(path))
+
+
+@click.command('export')
+@click.argument('identifier', metavar='PK')
+@click.option('--dataset', 'dataset_file', type=click.Path(dir_okay=False, path_type=Path))
+@click.option('--models', 'models_dir', type=click.Path(file_okay=False, path_type=Path))
+def export(identifier: str, dataset_file: Path | None, models_dir: Path | None) -> None:
+    """Write a run's dataset (extxyz for MACE and metatrain) and model files."""
+    if dataset_file is None and models_dir is None:
+        raise click.ClickException('give --dataset FILE.xyz and/or --models DIR')
+    for line in export_run(load_run(identifier), dataset_file, models_dir):
+        click.echo(line)
+
+
+@click.command('example')
+@click.argument('name', type=click.Choice(['carbon']))
+@click.option(
+    '--out',
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help='Folder of the plots and exports (default: examples/NAME/results).',
+)
+def example(name: str, out: Path | None) -> None:
+    """Run a bundled example (examples/NAME) end to end, then plot and export it."""
+    config_file = EXAMPLES / name / 'config.yaml'
+    if not config_file.is_file():
+        raise click.ClickException(f'the example needs the source tree: no {config_file}')
+    config = read_run_config(config_file)
+    _load_profile()
+    from aiida_trainspot.cli.setup import ensure_localhost, ensure_pseudo_family, local_codes
+
+    computer, line = ensure_localhost(None)
+    click.echo(line)
+    for line in local_codes(computer):
+        click.echo(line)
+    click.echo(ensure_pseudo_family(config['pseudo_family'], ('C',), '/usr/share/espresso/pseudo'))
+    node = run_foreground(build(config))
+    click.echo(status_table(node))
+    out = out or EXAMPLES / name / 'results'
+    for path in write_plots(node, out / 'plots'):
+        click.echo(f'plot: {path}')
+    if node.is_finished_ok:
+        for line in export_run(node, out / 'dataset.xyz', out / 'models'):
+            click.echo(line)
+    click.echo(f'results in {out}; provenance: verdi node graph generate {node.pk}')
+    if not node.is_finished_ok:
+        raise click.ClickException(f'run {node.pk} did not finish ok: {node.exit_message}')
+    sys.stdout.flush()
