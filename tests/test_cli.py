@@ -1,9 +1,5 @@
 """The aiida-trainspot command: pseudo family creation and bad input."""
 
-import os
-import subprocess
-import sys
-
 from aiida_pseudo.groups.family import CutoffsPseudoPotentialFamily
 from click.testing import CliRunner
 
@@ -40,13 +36,3 @@ def test_pseudos_create_bad_input_is_one_line():
     assert bad_pair.exit_code != 0 and 'KEY=VALUE' in bad_pair.output
     ambiguous = runner.invoke(cli, ['pseudos', 'create', 'x', '-e', 'Fe', '-c', 'Fe=40,320'])
     assert ambiguous.exit_code != 0 and 'candidates' in ambiguous.output
-
-
-def test_example_stops_with_a_clear_message():
-    result = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), 'aiida-trainspot'), 'example', 'carbon'],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0
-    assert 'not implemented yet' in result.stderr
