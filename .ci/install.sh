@@ -11,8 +11,9 @@ cd "$root"
 venv="${TRAINSPOT_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 
-# postgresql and rabbitmq-server: the production services the `services` tests exercise
-debian_packages=(quantum-espresso quantum-espresso-data lammps openmpi-bin postgresql rabbitmq-server slurm-wlm munge openssh-server)
+# postgresql and rabbitmq-server: the production services the `services` tests exercise;
+# graphviz: `verdi node graph generate` (provenance graphs, tested and shown in the docs)
+debian_packages=(quantum-espresso quantum-espresso-data lammps openmpi-bin postgresql rabbitmq-server slurm-wlm munge openssh-server graphviz)
 
 log() { printf '[install] %s\n' "$*"; }
 

@@ -76,16 +76,28 @@ def calibrate_committee(
     )
     deltas = {k: v[used] for k, v in deltas.items()}
     errors = {k: v[used] for k, v in errors.items()}
+    min_points = options.get('min_points', 5)
+    previous_calibration = (
+        Calibration.from_dict(previous.get_dict()) if previous is not None else None
+    )
+    names, skipped = calibratable(deltas, errors, min_points, previous_calibration)
+    if not names:
+        raise ValueError(
+            f'no property has {min_points} labelled frames with a disagreement ({skipped}) '
+            'and there is no previous calibration'
+        )
     calibration = calibrate(
         deltas,
         errors,
         error_thresholds=error_thresholds.get_dict(),
         method=options.get('method', 'least_squares'),
-        min_points=options.get('min_points', 5),
-        previous=Calibration.from_dict(previous.get_dict()) if previous is not None else None,
+        min_points=min_points,
+        previous=previous_calibration,
+        properties=names,
         power_law=options.get('power_law', False),
     )
     report = {
+        'skipped': skipped,
         'at_thresholds': diagnostics(calibration, deltas, errors),
         'grid': {},
         'splits': used_splits,
@@ -109,6 +121,33 @@ def calibrate_committee(
         'calibration': orm.Dict(calibration.to_dict()),
         'diagnostics': orm.Dict(_jsonable(report)),
     }
+
+
+def calibratable(
+    deltas: dict[str, np.ndarray],
+    errors: dict[str, np.ndarray],
+    min_points: int,
+    previous: Calibration | None,
+) -> tuple[list[str], dict[str, str]]:
+    """Properties that can be calibrated, and why the others cannot.
+
+    A property needs ``min_points`` frames with both δ and ε (stress, for instance, exists only
+    for frames periodic in 3D) or a previous slope to reuse; one without either is left out of
+    the calibration, and so out of the selection criterion, rather than failing the campaign.
+    """
+    names, skipped = [], {}
+    for name in PROPERTIES:
+        if name not in deltas:
+            continue
+        error = errors.get(name)
+        n_pairs = (
+            0 if error is None else int(np.sum(np.isfinite(deltas[name]) & np.isfinite(error)))
+        )
+        if n_pairs >= min_points or (previous is not None and name in previous.slopes):
+            names.append(name)
+        else:
+            skipped[name] = f'{n_pairs} frames with disagreement and error (< {min_points})'
+    return names, skipped
 
 
 def calibration_frames(

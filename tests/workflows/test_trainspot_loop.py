@@ -21,7 +21,10 @@ from .conftest import carbon_structures
 FAST_OVERRIDES = {
     'max_iterations': 2,
     'exploration': {'n_structures': 2, 'protocol': {'steps': 60, 'sample_interval': 10}},
-    'training': {'committee_size': 2},
+    'training': {
+        'committee_size': 2,
+        'parameters': {'mace': {'max_num_epochs': 10, 'batch_size': 4}},
+    },
 }
 
 
