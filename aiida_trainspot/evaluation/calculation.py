@@ -276,7 +276,7 @@ class EvaluationCalculation(CalcJob):
                 f'columns {columns}, with a calibration also '
                 f'{", ".join(ESTIMATED_ERROR_COLUMNS)}, and the per-atom columns {atom_columns}. '
                 'Stress columns are present only for frames periodic along all three axes, '
-                'eps_* only where the frame has that label. Attribute `committee_members`: the '
+                'the eps columns only where the frame has that label. Attribute `committee_members`: the '
                 'member labels in the order of the member axis.'
             ),
         )

@@ -153,7 +153,7 @@ class ExplorationWorkChain(WorkChain):
             'lammps.lammps_model',
             valid_type=orm.SinglefileData,
             required=False,
-            help='The MACE model converted for LAMMPS (*-lammps.pt).',
+            help='The MACE model converted for LAMMPS (the file ending in -lammps.pt).',
         )
         spec.inputs.validator = _validate_inputs
         spec.outline(
