@@ -7,16 +7,19 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import run_get_node, submit
 from aiida.engine.processes.control import kill_processes
-from ase.io import read
+from ase.io import read, write
+from click.testing import CliRunner
 
+from aiida_trainspot.cli import cli
 from aiida_trainspot.data import PESData
 from aiida_trainspot.workflows.trainspot import TrainsPotWorkChain
 
-from .conftest import carbon_structures
+from .conftest import TERSOFF_FILE, carbon_structures
 
 FAST_OVERRIDES = {
     'max_iterations': 2,
@@ -70,13 +73,56 @@ def check_consistent(node, results):
 _FAST_LOOP = {}
 
 
+def run_config(tmp_path, codes, seed=3):
+    """The YAML of `aiida-trainspot run` for the fast Tersoff campaign of these tests."""
+    for index, atoms in enumerate(carbon_structures()):
+        write(tmp_path / f'structure-{index}.xyz', atoms, format='extxyz')
+    config = {
+        'structures': [f'structure-{index}.xyz' for index in range(3)],
+        'protocol': 'fast',
+        'codes': {role: code.full_label for role, code in codes.items()},
+        'ase_calculator': {'name': 'tersoff'},
+        'ase_parameter_file': TERSOFF_FILE,
+        'overrides': {**FAST_OVERRIDES, 'seed': seed},
+    }
+    path = tmp_path / 'config.yaml'
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture
-def fast_loop(loop_codes, tersoff_file):
-    """One 2-iteration campaign (Tersoff oracle, 2 MACE members), run once, shared by the tests
-    of the loop and of the CLI (code fixtures are function-scoped, hence the cache)."""
+def fast_loop(loop_codes, tmp_path):
+    """One 2-iteration campaign (Tersoff oracle, 2 MACE members) run by `aiida-trainspot run`,
+    once, shared by the tests of the loop and of the CLI (code fixtures are function-scoped)."""
     if 'run' not in _FAST_LOOP:
-        _FAST_LOOP['run'] = run_get_node(tersoff_builder(loop_codes, tersoff_file))
+        result = CliRunner().invoke(cli, ['run', str(run_config(tmp_path, loop_codes))])
+        assert result.exit_code == 0, result.output
+        first = next(
+            line for line in result.output.splitlines() if line.startswith('TrainsPotWorkChain<')
+        )
+        assert 'running in the foreground' in first
+        assert 'iteration 1 training' in result.output  # the live progress
+        node = orm.load_node(int(first.split('<')[1].split('>')[0]))
+        outputs = node.base.links.get_outgoing(link_type=LinkType.RETURN).nested()
+        _FAST_LOOP['run'] = (outputs, node)
     return _FAST_LOOP['run']
+
+
+def test_run_command_bad_input(tmp_path, loop_codes):
+    runner = CliRunner()
+    missing = runner.invoke(cli, ['run', str(tmp_path / 'nope.yaml')])
+    assert missing.exit_code != 0 and 'no such file' in missing.output
+    config = run_config(tmp_path, loop_codes)
+    text = config.read_text()
+    config.write_text(text + 'iterations: 3\n')
+    unknown = runner.invoke(cli, ['run', str(config)])
+    assert unknown.exit_code != 0 and "unknown keys ['iterations']" in unknown.output
+    config.write_text(text.replace(loop_codes['train'].full_label, 'no-such-code'))
+    bad_code = runner.invoke(cli, ['run', str(config)])
+    assert bad_code.exit_code != 0 and 'codes.train' in bad_code.output
+    for result in (missing, unknown, bad_code):
+        assert 'Traceback' not in result.output
+        assert len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -187,10 +233,6 @@ def test_daemon_killed_mid_iteration_selects_the_same_frames(
 
 @pytest.mark.slow
 def test_cli_status_plot_export(fast_loop, tmp_path):
-    from click.testing import CliRunner
-
-    from aiida_trainspot.cli import cli
-
     results, node = fast_loop
     runner = CliRunner()
     status = runner.invoke(cli, ['status', str(node.pk)])
