@@ -701,19 +701,42 @@ def _tiny_potential_model(member, engine):
     ).store()
 
 
-@pytest.fixture(scope='session')
+_TINY_MODEL_PKS: dict[str, int] = {}
+
+
+def _stored_tiny_model(engine, tiny_committee_files):
+    """The stored model of ``engine``'s first tiny member, stored once and loaded by PK after.
+
+    Loaded anew in every test (not kept as a session object): a test that switches profiles
+    closes the storage a session-scoped node would be bound to.
+    """
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    pk = _TINY_MODEL_PKS.get(engine)
+    if pk is not None:
+        try:
+            return orm.load_node(pk)
+        except NotExistent:  # a test emptied the storage
+            pass
+    node = _tiny_potential_model(tiny_committee_files[engine][0], engine)
+    _TINY_MODEL_PKS[engine] = node.pk
+    return node
+
+
+@pytest.fixture
 def tiny_mace_model(aiida_profile, tiny_committee_files):
     """The first tiny MACE member (carbon, float64, r_max 4 Å) as a stored ``PotentialModel``.
 
     Stored once per session in the default profile (not for tests marked ``services``).
     """
-    return _tiny_potential_model(tiny_committee_files['mace'][0], 'mace')
+    return _stored_tiny_model('mace', tiny_committee_files)
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture
 def tiny_metatrain_model(aiida_profile, tiny_committee_files):
     """The first tiny PET member (carbon, float64, cutoff 4 Å) as a stored ``PotentialModel``.
 
     Stored once per session in the default profile (not for tests marked ``services``).
     """
-    return _tiny_potential_model(tiny_committee_files['metatrain'][0], 'metatrain')
+    return _stored_tiny_model('metatrain', tiny_committee_files)

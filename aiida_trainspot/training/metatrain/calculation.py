@@ -162,7 +162,11 @@ class MetatrainTrainCalculation(TrainingCalculation):
         self, folder: Folder, initial: dict[str, str | None] | None
     ) -> list[str]:
         """Write ``options.yaml`` (and rewrite the datasets metatrain's way when needed)."""
-        stress = has_stress_labels(self.inputs.training)
+        # metatrain divides by the number of stress values of the validation set: without any
+        # (e.g. only slabs or clusters held out) it fails, so stress is then left out of training
+        stress = has_stress_labels(self.inputs.training) and has_stress_labels(
+            self.inputs.validation
+        )
         for name, filename in (
             ('training', TRAIN_FILE),
             ('validation', VALID_FILE),
