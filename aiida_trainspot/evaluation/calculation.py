@@ -276,8 +276,8 @@ class EvaluationCalculation(CalcJob):
                 f'columns {columns}, with a calibration also '
                 f'{", ".join(ESTIMATED_ERROR_COLUMNS)}, and the per-atom columns {atom_columns}. '
                 'Stress columns are present only for frames periodic along all three axes, '
-                'the eps columns only where the frame has that label. Attribute `committee_members`: the '
-                'member labels in the order of the member axis.'
+                'the eps columns only where the frame has that label. Attribute '
+                '`committee_members`: the member labels in the order of the member axis.'
             ),
         )
         spec.output(
