@@ -1,11 +1,10 @@
 """TrainsPotWorkChain end to end with real codes: ASE oracle, MACE, metatrain, pw.x, restarts."""
 
 import contextlib
-import os
-import signal
 import time
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 from aiida import orm
@@ -212,10 +211,14 @@ def test_daemon_killed_mid_iteration_selects_the_same_frames(
         'the training to start',
     )
     client = started_daemon_client
-    workers = [int(info['pid']) for info in client.get_worker_info()['info'].values()]
-    for pid in [client.get_daemon_pid(), *workers]:
-        with contextlib.suppress(ProcessLookupError, TypeError):
-            os.kill(pid, signal.SIGKILL)
+    # SIGKILL the whole daemon: circus, its workers and its stats process (nothing is cleaned up)
+    daemon = psutil.Process(client.get_daemon_pid())
+    victims = [daemon, *daemon.children(recursive=True)]
+    assert any('worker' in ' '.join(p.cmdline()) for p in victims[1:])
+    for process in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(victims, timeout=30)
     time.sleep(2.0)
     assert not node.is_terminated
     client.start_daemon()
