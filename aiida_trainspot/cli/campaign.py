@@ -16,7 +16,6 @@ A run is described by a small YAML file (every key optional but ``structures`` a
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -170,10 +169,9 @@ def load_run(identifier: str) -> Any:
 
 def records_of(node: Any) -> list[dict[str, Any]]:
     """The per-iteration records a run has emitted so far."""
-    from aiida.common.links import LinkType
+    from aiida_trainspot.workflows.trainspot import iteration_checkpoints
 
-    outputs = node.base.links.get_outgoing(link_type=LinkType.RETURN).nested()
-    iterations = outputs.get('iterations', {})
+    iterations = iteration_checkpoints(node).get('iterations', {})
     return [
         iterations[key]['record'].get_dict()
         for key in sorted(iterations)
@@ -183,10 +181,9 @@ def records_of(node: Any) -> list[dict[str, Any]]:
 
 def last_checkpoint(node: Any, name: str) -> Any:
     """The latest ``iterations.<it>.<name>`` output of a run, or None."""
-    from aiida.common.links import LinkType
+    from aiida_trainspot.workflows.trainspot import iteration_checkpoints
 
-    iterations = node.base.links.get_outgoing(link_type=LinkType.RETURN).nested()
-    iterations = iterations.get('iterations', {})
+    iterations = iteration_checkpoints(node).get('iterations', {})
     for key in sorted(iterations, reverse=True):
         if name in iterations[key]:
             return iterations[key][name]
@@ -345,4 +342,3 @@ def example(name: str, out: Path | None) -> None:
     click.echo(f'results in {out}; provenance: verdi node graph generate {node.pk}')
     if not node.is_finished_ok:
         raise click.ClickException(f'run {node.pk} did not finish ok: {node.exit_message}')
-    sys.stdout.flush()

@@ -15,7 +15,7 @@ The engines follow from the codes' plugins: ``pw`` (quantumespresso.pw) or ``ase
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -220,4 +220,4 @@ def _labelling(
     return {**values, 'engine': 'ase', 'ase': ase}
 
 
-__all__: Sequence[str] = ('as_dataset', 'builder_from_protocol', 'fill', 'load_codes')
+__all__ = ('as_dataset', 'builder_from_protocol', 'fill', 'load_codes')

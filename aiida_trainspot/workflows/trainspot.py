@@ -44,6 +44,14 @@ from .operations import (
 )
 
 
+def iteration_checkpoints(node: orm.ProcessNode) -> dict[str, Any]:
+    """The outputs a run has emitted so far, nested (``iterations.iteration_NN.*`` included).
+
+    Read from the RETURN links, so it works on a running, failed or killed run as well.
+    """
+    return node.base.links.get_outgoing(link_type=LinkType.RETURN).nested()
+
+
 def iteration_key(iteration: int) -> str:
     """Output namespace of an iteration: ``iteration_01``, ``iteration_02``, ..."""
     return f'iteration_{iteration:02d}'
@@ -274,7 +282,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
 
     def _resume(self, node: orm.WorkflowNode):
         """Carry the iteration count, datasets, committee, calibration and history of ``node``."""
-        outputs = node.base.links.get_outgoing(link_type=LinkType.RETURN).nested()
+        outputs = iteration_checkpoints(node)
         if 'initial_dataset' not in outputs:
             self.report(f'restart: {node.pk} emitted no initial dataset; starting afresh')
             return None
