@@ -14,7 +14,7 @@ follows a warm-up call and is the best of ``--repeats``. The largest deviation o
 inference result from the ASE loop is reported next to it.
 
 Usage: ``.venv/bin/python benchmarks/bench_evaluation.py [--frames 32] [--members 2]
-[--batch-sizes 1,4,16,64] [--json results.json]``
+[--batch-sizes 1,4,16,64] [--json results.json] [--png results.png]``
 """
 
 from __future__ import annotations
@@ -127,6 +127,37 @@ def deviation(predictions, reference) -> float:
     return worst
 
 
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Frames/s against batch size, one line per model and dtype, the ASE loop dashed."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.5, 4), layout='constrained')
+    axis = figure.subplots()
+    keys = sorted({(r['model'], r['dtype']) for r in rows})
+    for index, (model, dtype) in enumerate(keys):
+        colour = f'C{index}'
+        mine = [r for r in rows if r['model'] == model and r['dtype'] == dtype]
+        batched = [r for r in mine if r['method'] == 'inference']
+        axis.plot(
+            [r['batch_size'] for r in batched],
+            [r['frames_per_second'] for r in batched],
+            'o-',
+            color=colour,
+            label=f'{model} {dtype}: inference',
+        )
+        for r in mine:
+            if r['method'] == 'ase loop':
+                axis.axhline(r['frames_per_second'], color=colour, ls='--', lw=1)
+    axis.set_xscale('log', base=2)
+    axis.set_yscale('log')
+    axis.set_xlabel('batch size (frames per model call)')
+    axis.set_ylabel('committee frames / s (dashed: ASE loop)')
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--frames', type=int, default=32, help='64-atom frames (default 32)')
@@ -137,6 +168,7 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=2)
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all)')
     parser.add_argument('--json', type=Path, default=None, help='write the results here')
+    parser.add_argument('--png', type=Path, default=None, help='draw frames/s here')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,6 +235,16 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
         print(f'wrote {args.json}')
+    if args.png:
+        args.png.parent.mkdir(parents=True, exist_ok=True)
+        device = 'cpu' if not torch.cuda.is_available() else torch.cuda.get_device_name()
+        plot(
+            rows,
+            args.png,
+            f'{args.frames} x 64-atom frames, committee of {args.members}, {device}, '
+            f'{torch.get_num_threads()} threads',
+        )
+        print(f'wrote {args.png}')
 
 
 if __name__ == '__main__':

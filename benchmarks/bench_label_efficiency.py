@@ -1,10 +1,12 @@
 """Label efficiency of calibrated committee selection, against random, top-δ and uncalibrated.
 
-An EMT oracle (ASE) on copper stands in for DFT. A pool of MD frames (bulk and vacancy cells,
-300-1800 K, ±3 % strain; solid and liquid) plays the explored frames, its labels hidden until a
-strategy selects a frame; independent MD frames at the same temperatures are the test set. Each
-round trains a committee of tiny MACE models (``mace_run_train``) on the labelled frames, then
-each strategy adds at most ``--batch`` pool frames:
+An EMT oracle (ASE) on copper stands in for DFT. A pool of MD frames plays the explored frames,
+its labels hidden until a strategy selects a frame. The pool is what an exploration typically
+yields: mostly near-equilibrium frames and fewer hot ones (by default 40 : 20 : 10 : 6 frames per
+cell at 300 : 800 : 1300 : 1800 K, bulk and vacancy cells, ±3 % strain, solid and liquid). The
+test set is independent MD at the same target temperatures, the same number of frames at each.
+Each round trains a committee of tiny MACE models (``mace_run_train``) on the labelled frames,
+then each strategy adds at most ``--batch`` pool frames:
 
 - ``calibrated``: δ_F > τ = a·ε_thr, a fitted (least squares through the origin) on the
   labelled frames held out of training; a random subset of the candidates (the package's rule);
@@ -12,11 +14,15 @@ each strategy adds at most ``--batch`` pool frames:
 - ``top``: the largest δ_F;
 - ``random``: uniform from the pool.
 
-All strategies start from the same random labelled frames for a seed. Reported per round: the
-labels used, the committee-mean force RMSE (eV/Å) and energy RMSE (meV/atom) on the test set,
-for the calibrated strategy the slope, τ and TPR/PPV of its criterion on the test frames.
+A strategy with no candidates left stops adding frames (the loop has converged by its own
+criterion); its curve ends there. All strategies start from the same random labelled frames and
+the same first committee for a seed. Reported per round: the labels used, the committee-mean
+force RMSE (eV/Å) and energy RMSE (meV/atom) on the test set, the calibrated slope, τ and the
+TPR/PPV of δ_F > τ against ε_F > ε_thr on the test frames. The summary gives, per strategy and
+seed, the labels needed to reach random selection's final force RMSE.
 
-Usage: python benchmarks/bench_label_efficiency.py [--seeds 3] [--rounds 4] [--batch 8]
+Usage: python benchmarks/bench_label_efficiency.py [--seeds 3] [--rounds 4] [--batch 6]
+       [--initial 10] [--members 2] [--epochs 30] [--threshold 0.03] [--channels 8]
        [--json out.json] [--png out.png] [--smoke]
 The science comes from the package's plain modules (calibration, disagreement, inference);
 no AiiDA profile is needed.
@@ -26,139 +32,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from committee_oracle import load_committee, md_frames, predict, train_committee
 
 STRATEGIES = ('calibrated', 'uncalibrated', 'top', 'random')
-MACE_ARGS = [
-    '--model', 'MACE', '--num_channels', '8', '--max_L', '0', '--r_max', '4.0',
-    '--num_interactions', '2', '--correlation', '2', '--E0s', 'average', '--batch_size', '4',
-    '--device', 'cpu', '--default_dtype', 'float64',
-    '--energy_key', 'REF_energy', '--forces_key', 'REF_forces', '--stress_key', 'REF_stress',
-]  # fmt: skip
-BIN = Path(sys.executable).parent
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def md_frames(seed: int, temperatures, n_per_run: int, interval: int = 10):
-    """EMT-labelled frames from Langevin MD of Cu bulk and vacancy cells (2x2x2 conventional)."""
-    from ase import units
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    rng = np.random.default_rng(seed)
-    frames = []
-    for temperature in temperatures:
-        for vacancy in (False, True):
-            atoms = bulk('Cu', 'fcc', a=3.61, cubic=True).repeat(2)
-            if vacancy:
-                del atoms[int(rng.integers(len(atoms)))]
-            strain = 1.0 + rng.uniform(-0.03, 0.03)
-            atoms.set_cell(atoms.cell * strain, scale_atoms=True)
-            atoms.calc = EMT()
-            MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-            dynamics = Langevin(
-                atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02, rng=rng
-            )
-            dynamics.run(200)  # thermalise
-            for _ in range(n_per_run):
-                dynamics.run(interval)
-                frame = atoms.copy()
-                frame.calc = SinglePointCalculator(
-                    frame,
-                    energy=atoms.get_potential_energy(),
-                    forces=atoms.get_forces(),
-                    stress=atoms.get_stress(),
-                )
-                frames.append(frame)
-    return frames
-
-
-def write_xyz(frames, path: Path) -> None:
-    from ase.io import write
-
-    out = []
-    for atoms in frames:
-        copy = atoms.copy()
-        copy.info = {
-            'REF_energy': atoms.get_potential_energy(),
-            'REF_stress': atoms.get_stress(voigt=False),
-        }
-        copy.arrays['REF_forces'] = atoms.get_forces()
-        out.append(copy)
-    write(str(path), out, format='extxyz')
-
-
-# ----------------------------------------------------------------------------- committee
-
-
-def train_committee(train, valid, folder: Path, seeds, epochs: int) -> list[Path]:
-    """Train one tiny MACE model per seed, two at a time (2 cores); return the model files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_xyz(train, folder / 'train.xyz')
-    write_xyz(valid, folder / 'valid.xyz')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
-    pending = list(seeds)
-    running: list[tuple[subprocess.Popen, Path]] = []
-    models = []
-    while pending or running:
-        while pending and len(running) < 2:
-            seed = pending.pop(0)
-            work = folder / f'member-{seed}'
-            work.mkdir(exist_ok=True)
-            command = [str(BIN / 'mace_run_train'), '--name', 'm', *MACE_ARGS]
-            command += ['--train_file', '../train.xyz', '--valid_file', '../valid.xyz']
-            command += ['--seed', str(seed), '--max_num_epochs', str(epochs)]
-            command += ['--patience', str(epochs)]
-            log = open(work / 'log', 'w')  # noqa: SIM115 - closed when the process ends
-            running.append(
-                (subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=log), work)
-            )
-        process, work = running.pop(0)
-        if process.wait() != 0:
-            raise RuntimeError(
-                f'mace_run_train failed in {work}: {(work / "log").read_text()[-2000:]}'
-            )
-        models.append(work / 'm.model')
-    return models
-
-
-def predict(models, frames):
-    """Per-frame δ_F, ε_F (eV/Å), energy error per atom (eV) of the committee mean."""
-    from aiida_trainspot.data.convert import columns_from_atoms
-    from aiida_trainspot.evaluation.inference import (
-        predict_committee,
-        prediction_columns,
-        reference_labels,
-    )
-    from aiida_trainspot.training.loader import load_calculator
-
-    calculators = [load_calculator('mace', m, dtype='float64') for m in models]
-    columns = columns_from_atoms(frames)
-    predictions = predict_committee(calculators, columns)
-    out = prediction_columns(predictions, reference_labels(columns))
-    return {
-        'delta_forces': np.asarray(out.frame['delta_forces'], dtype=float),
-        'eps_forces': np.asarray(out.frame['eps_forces'], dtype=float),
-        'eps_energy': np.asarray(out.frame['eps_energy'], dtype=float),
-        'force_errors': _force_errors(out, columns),
-    }
-
-
-def _force_errors(out, columns) -> np.ndarray:
-    return (np.asarray(out.atom['forces_mean']) - np.asarray(columns.atom['forces'])).ravel()
+TEMPERATURES = (300.0, 800.0, 1300.0, 1800.0)
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -199,11 +82,14 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
         else:
             folder = root / f'{strategy}-{seed}-{round_index}'
             member_seeds = [1000 * seed + 10 * round_index + m for m in range(args.members)]
-            models = train_committee(train, valid, folder, member_seeds, args.epochs)
+            models = train_committee(
+                train, valid, folder, member_seeds, args.epochs, channels=args.channels
+            )
         if round_index == 0 and first_round is None:
             first_round = models
-        test_result = predict(models, test)
-        held_out = predict(models, valid)
+        committee = load_committee(models)
+        test_result = predict(committee, test)
+        held_out = predict(committee, valid)
         fit = fit_slope(
             held_out['delta_forces'],
             held_out['eps_forces'],
@@ -215,6 +101,7 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
         tpr, ppv = rates(
             test_result['delta_forces'], test_result['eps_forces'], tau, args.threshold
         )
+        temperatures = np.array([pool[i].info['temperature'] for i in labelled])
         point = {
             'round': round_index,
             'n_labels': len(labelled),
@@ -224,10 +111,13 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
             'tau': float(tau),
             'tpr_test': tpr,
             'ppv_test': ppv,
+            'labels_by_temperature': {
+                str(int(t)): int(np.sum(temperatures == t)) for t in TEMPERATURES
+            },
         }
         free = np.array(sorted(set(range(len(pool))) - set(labelled)))
         if round_index < args.rounds and free.size:
-            pool_result = predict(models, [pool[i] for i in free])
+            pool_result = predict(committee, [pool[i] for i in free])
             picked = choose(
                 strategy,
                 free,
@@ -246,7 +136,54 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
             labelled += [int(free[i]) for i in picked]
         curve.append(point)
         print(f'  {strategy:>12} seed {seed} round {round_index}: {point}', flush=True)
+        if (
+            round_index < args.rounds
+            and point.get('n_candidates', 1) == 0
+            and strategy
+            in (
+                'calibrated',
+                'uncalibrated',
+            )
+        ):
+            break  # converged by its own criterion: nothing left above τ
     return curve, first_round
+
+
+def labels_to_reach(curve, target: float) -> int | None:
+    """Labels at the first round whose test force RMSE is at or below ``target``."""
+    for point in curve:
+        if point['force_rmse'] <= target:
+            return point['n_labels']
+    return None
+
+
+def summarise(results, seeds: int) -> dict:
+    """Per strategy: final RMSE and the labels needed to reach random's final force RMSE."""
+    summary = {}
+    for strategy in STRATEGIES:
+        per_seed = []
+        for seed in range(seeds):
+            curve = results[strategy][str(seed)]
+            target = results['random'][str(seed)][-1]
+            reached = labels_to_reach(curve, target['force_rmse'])
+            per_seed.append(
+                {
+                    'final_labels': curve[-1]['n_labels'],
+                    'final_force_rmse': curve[-1]['force_rmse'],
+                    'labels_to_random_final': reached,
+                    'fraction_of_random_labels': None
+                    if reached is None
+                    else reached / target['n_labels'],
+                }
+            )
+        fractions = [p['fraction_of_random_labels'] for p in per_seed]
+        summary[strategy] = {
+            'per_seed': per_seed,
+            'mean_fraction_of_random_labels': None
+            if None in fractions
+            else float(np.mean(fractions)),
+        }
+    return summary
 
 
 def plot(results, path: Path, args) -> None:
@@ -266,6 +203,14 @@ def plot(results, path: Path, args) -> None:
             (axes[1], 'energy_rmse_mev', 1.0),
         ):
             values = np.array([[c[r][key] for r in range(n_rounds)] for c in curves]) * scale
+            for curve in curves:  # every seed's whole curve, faint: curves may end early
+                axis.plot(
+                    [p['n_labels'] for p in curve],
+                    [p[key] * scale for p in curve],
+                    color=colours[strategy],
+                    alpha=0.25,
+                    lw=1,
+                )
             axis.errorbar(
                 labels.mean(0),
                 values.mean(0),
@@ -284,8 +229,8 @@ def plot(results, path: Path, args) -> None:
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle(
-        f'Label efficiency on EMT Cu: {args.members} tiny MACE members, mean ± std over '
-        f'{args.seeds} seeds'
+        f'Label efficiency on EMT Cu: {args.members} MACE members ({args.channels} channels), '
+        f'mean ± std over {args.seeds} seeds (faint: each seed)'
     )
     figure.savefig(path, dpi=120)
 
@@ -294,21 +239,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--seeds', type=int, default=3)
     parser.add_argument('--rounds', type=int, default=4)
-    parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--initial', type=int, default=8)
-    parser.add_argument('--members', type=int, default=3)
-    parser.add_argument('--epochs', type=int, default=40)
-    parser.add_argument('--threshold', type=float, default=0.05, help='ε_thr of forces, eV/Å')
+    parser.add_argument('--batch', type=int, default=6)
+    parser.add_argument('--initial', type=int, default=10)
+    parser.add_argument('--members', type=int, default=2)
+    parser.add_argument('--channels', type=int, default=8, help='MACE channels per member')
+    parser.add_argument('--epochs', type=int, default=30)
+    parser.add_argument('--threshold', type=float, default=0.03, help='ε_thr of forces, eV/Å')
+    parser.add_argument(
+        '--pool', default='40,20,10,6', help='pool frames per cell at 300,800,1300,1800 K'
+    )
+    parser.add_argument('--test', type=int, default=8, help='test frames per cell and temperature')
     parser.add_argument('--json', default='benchmarks/results/label_efficiency.json')
     parser.add_argument('--png', default='benchmarks/results/label_efficiency.png')
     parser.add_argument('--smoke', action='store_true', help='tiny sizes, to check it runs')
     args = parser.parse_args()
     if args.smoke:
         args.seeds, args.rounds, args.batch, args.epochs, args.initial = 1, 1, 4, 3, 6
+        args.pool, args.test = '4,3,2,2', 2
     start = time.perf_counter()
-    temperatures = (300.0, 800.0, 1300.0, 1800.0)
-    pool = md_frames(11, temperatures, 4 if args.smoke else 30)
-    test = md_frames(12, temperatures, 2 if args.smoke else 10)
+    counts = [int(c) for c in args.pool.split(',')]
+    pool = md_frames(11, list(zip(TEMPERATURES, counts, strict=True)))
+    test = md_frames(12, [(t, args.test) for t in TEMPERATURES])
     print(f'pool {len(pool)} frames, test {len(test)} frames ({time.perf_counter() - start:.0f} s)')
     results: dict = {s: {} for s in STRATEGIES}
     root = Path(tempfile.mkdtemp(prefix='trainspot-label-efficiency-'))
@@ -323,17 +274,25 @@ def main() -> None:
                 results[strategy][str(seed)] = curve
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    summary = summarise(results, args.seeds)
     report = {
-        'system': 'EMT Cu, 31-32 atoms, MD 300-1800 K, +-3 % strain',
+        'system': 'EMT Cu, 31-32 atoms, Langevin MD 300-1800 K, +-3 % strain',
         'pool_frames': len(pool),
         'test_frames': len(test),
         'settings': vars(args),
         'seconds': round(time.perf_counter() - start, 1),
+        'summary': summary,
         'results': results,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
     plot(results, Path(args.png), args)
+    for strategy, entry in summary.items():
+        reached = [p['labels_to_random_final'] for p in entry['per_seed']]
+        print(
+            f'{strategy:>12}: labels to reach random final force RMSE per seed {reached}, '
+            f'mean fraction {entry["mean_fraction_of_random_labels"]}'
+        )
     print(f'wrote {args.json} and {args.png} in {report["seconds"]} s')
 
 

@@ -1,4 +1,4 @@
-"""Workflow overhead of a finished TrainsPotWorkChain: wall time by stage, nodes per label.
+"""Workflow overhead of a TrainsPotWorkChain: wall time by stage, nodes per label, daemon CPU.
 
 Usage (on the profile that ran it, e.g. the carbon example's `.aiida`):
 
@@ -7,12 +7,18 @@ Usage (on the profile that ran it, e.g. the carbon example's `.aiida`):
 Prints, per iteration, the wall time of each stage (from the creation to the last change of its
 process node), the time spent inside the external codes (pw.x, mace_run_train, MD, evaluation
 jobs, from their CalcJob nodes) and the AiiDA nodes the run created per labelled frame.
+
+With ``--watch`` (start it right after ``aiida-trainspot run --daemon CONFIG.yaml``), it samples
+the CPU time of the daemon workers (their own, not the codes they launch) every second until the
+run terminates, and reports the daemon CPU seconds spent in each iteration: what the AiiDA
+machinery itself costs, next to the external codes. ``--png`` draws the stage times.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections import defaultdict
 
 
@@ -28,10 +34,93 @@ def seconds(node) -> float:
     return (node.mtime - node.ctime).total_seconds()
 
 
+def daemon_workers() -> list:
+    """The running ``verdi daemon worker`` processes (psutil)."""
+    import psutil
+
+    workers = []
+    for process in psutil.process_iter(['cmdline']):
+        command = process.info['cmdline'] or []
+        if 'daemon' in command and 'worker' in command:
+            workers.append(process)
+    return workers
+
+
+def watch_daemon_cpu(node, interval: float = 1.0) -> list[tuple[float, float]]:
+    """(unix time, cumulative CPU seconds of the daemon workers) until ``node`` terminates.
+
+    Workers that exit keep their last reading, so the sum never goes backwards.
+    """
+    import psutil
+
+    last: dict[int, float] = {}
+    samples = []
+    while True:
+        for process in daemon_workers():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            last[process.pid] = times.user + times.system
+        samples.append((time.time(), sum(last.values())))
+        if node.is_terminated:
+            return samples
+        time.sleep(interval)
+
+
+def cpu_between(samples, start: float, stop: float) -> float:
+    """Daemon CPU seconds spent between two unix times (linear between samples)."""
+    times = [t for t, _ in samples]
+    values = [v for _, v in samples]
+    import numpy as np
+
+    return float(np.interp(stop, times, values) - np.interp(start, times, values))
+
+
+def iteration_windows(node) -> dict[int, tuple[float, float]]:
+    """Unix (start, end) of each iteration: first creation to last change of its processes."""
+    from aiida.common.links import LinkType
+
+    windows: dict[int, tuple[float, float]] = {}
+    for link in node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)):
+        iteration, _ = stage_of(link.link_label)
+        begin, end = link.node.ctime.timestamp(), link.node.mtime.timestamp()
+        old = windows.get(iteration, (begin, end))
+        windows[iteration] = (min(old[0], begin), max(old[1], end))
+    return windows
+
+
+def plot(report: dict, path: str) -> None:
+    """Stacked bars: wall time of each stage per iteration."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), layout='constrained')
+    axis = figure.subplots()
+    iterations = sorted(report['stages'], key=int)
+    stages = sorted({s for i in iterations for s in report['stages'][i]})
+    bottom = [0.0] * len(iterations)
+    for stage in stages:
+        values = [report['stages'][i].get(stage, 0.0) for i in iterations]
+        axis.bar(iterations, values, bottom=bottom, label=stage)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    if report.get('daemon_cpu_seconds'):
+        cpu = [report['daemon_cpu_seconds'].get(i, 0.0) for i in iterations]
+        axis.plot(iterations, cpu, 'ko-', label='daemon CPU (s)')
+    axis.set_xlabel('iteration (0: before the loop)')
+    axis.set_ylabel('seconds')
+    axis.legend(fontsize=7)
+    axis.set_title(f'TrainsPotWorkChain<{report["pk"]}>: {report["wall_seconds"]:.0f} s wall')
+    figure.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('pk', type=int)
     parser.add_argument('--json', default=None)
+    parser.add_argument('--png', default=None)
+    parser.add_argument(
+        '--watch', action='store_true', help='sample the daemon CPU until the run terminates'
+    )
     args = parser.parse_args()
 
     from aiida import load_profile, orm
@@ -39,6 +128,7 @@ def main() -> None:
 
     load_profile()
     node = orm.load_node(args.pk)
+    samples = watch_daemon_cpu(node) if args.watch else None
     table: dict[int, dict[str, float]] = defaultdict(dict)
     codes: dict[int, dict[str, float]] = defaultdict(dict)
     for link in node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)):
@@ -69,6 +159,12 @@ def main() -> None:
         if n_labelled
         else None,
     }
+    if samples:
+        report['daemon_cpu_seconds'] = {
+            str(k): round(cpu_between(samples, *window), 1)
+            for k, window in sorted(iteration_windows(node).items())
+        }
+        report['daemon_cpu_seconds_total'] = round(samples[-1][1] - samples[0][1], 1)
     print(f'TrainsPotWorkChain<{node.pk}>: {total:.0f} s wall, {n_labelled} labelled frames')
     print(f'{"iteration":>9} {"stage":<22} {"wall s":>8} {"jobs s (sum)":>12}')
     for iteration in sorted(table):
@@ -81,6 +177,11 @@ def main() -> None:
         f'processes {report["processes"]}, data nodes created {report["data_nodes_created"]}, '
         f'nodes per labelled frame {report["nodes_per_labelled_frame"]}'
     )
+    if samples:
+        print(f'daemon CPU seconds per iteration: {report["daemon_cpu_seconds"]}')
+        print(f'daemon CPU seconds in all: {report["daemon_cpu_seconds_total"]}')
+    if args.png:
+        plot(report, args.png)
     if args.json:
         with open(args.json, 'w') as handle:
             json.dump(report, handle, indent=1)

@@ -1,0 +1,194 @@
+"""Calibration quality: TPR and PPV of the calibrated criterion δ > a·ε_thr, committee sizes 2/4/8.
+
+On the EMT copper oracle of ``committee_oracle`` (MD frames at 300-1800 K, bulk and vacancy
+cells), for training sets that grow like an active-learning campaign's (``--sizes``, nested
+random subsets of the pool: one "iteration" each), train 8 tiny MACE members. For the first 2, 4
+and all 8 members:
+
+1. fit the slope a of δ_F ≈ a·ε_F (least squares through the origin, the package's default) on
+   the labelled frames held out of training (a fifth of the labelled set: the calibration set);
+2. on independent held-out labelled frames (MD at the same temperatures, never trained on or
+   fitted to), count the criterion δ_F > τ = a·ε_thr against the truth ε_F > ε_thr, for each
+   ε_thr of ``--thresholds``: TPR = TP/(TP+FN) and PPV = TP/(TP+FP) "along the fitted line".
+
+Writes a JSON of every rate, slope and the δ/ε pairs, and a PNG: δ vs ε scatter with the fitted
+line for each committee size (last iteration), and TPR/PPV against ε_thr.
+
+Usage: python benchmarks/bench_calibration.py [--sizes 8,16,32] [--thresholds 0.02,0.03,0.05]
+       [--json out.json] [--png out.png] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from committee_oracle import load_committee, md_frames, predict, train_committee
+
+TEMPERATURES = (300.0, 800.0, 1300.0, 1800.0)
+COMMITTEE_SIZES = (2, 4, 8)
+
+
+def rates_along_line(delta, error, slope: float, thresholds) -> list[dict]:
+    """TPR/PPV (None where undefined) of δ > slope·ε_thr against ε > ε_thr, for each ε_thr."""
+    from aiida_trainspot.evaluation.calibration import classification_rates
+
+    rows = []
+    for threshold in thresholds:
+        result = classification_rates(delta, error, slope * threshold, threshold)
+        rows.append(
+            {
+                'error_threshold': float(threshold),
+                'tau': float(slope * threshold),
+                **{k: int(result[k]) for k in ('tp', 'fp', 'fn', 'tn')},
+                **{
+                    k: (float(result[k]) if np.isfinite(result[k]) else None)
+                    for k in ('tpr', 'ppv')
+                },
+            }
+        )
+    return rows
+
+
+def evaluate_sizes(models, valid, test, thresholds, max_members: int) -> dict:
+    """Slope, fit quality and rates on the test frames for each committee size."""
+    from aiida_trainspot.evaluation.calibration import fit_slope
+
+    calculators = load_committee(models)
+    out = {}
+    for size in (s for s in COMMITTEE_SIZES if s <= max_members):
+        committee = calculators[:size]
+        held_out, tested = predict(committee, valid), predict(committee, test)
+        fit = fit_slope(
+            held_out['delta_forces'], held_out['eps_forces'], property_name='forces', min_points=2
+        )
+        out[str(size)] = {
+            'slope': float(fit.slope),
+            'r2_calibration': float(fit.r2),
+            'n_calibration': int(fit.n_points),
+            'rates': rates_along_line(
+                tested['delta_forces'], tested['eps_forces'], fit.slope, thresholds
+            ),
+            'test_delta_forces': tested['delta_forces'].round(6).tolist(),
+            'test_eps_forces': tested['eps_forces'].round(6).tolist(),
+            'test_force_rmse': float(np.sqrt(np.mean(tested['force_errors'] ** 2))),
+        }
+        rows = out[str(size)]['rates']
+        line = ', '.join(
+            f'ε_thr {r["error_threshold"]}: TPR {r["tpr"]} PPV {r["ppv"]}' for r in rows
+        )
+        print(f'    {size} members: a = {fit.slope:.3f} (R²₀ {fit.r2:.2f}); {line}', flush=True)
+    return out
+
+
+def plot(report, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    iterations = report['iterations']
+    last = iterations[-1]
+    figure = Figure(figsize=(15, 4.4), layout='constrained')
+    axes = figure.subplots(1, 3)
+    colours = {'2': 'tab:orange', '4': 'tab:green', '8': 'tab:blue'}
+    for size, entry in last['committees'].items():
+        eps = np.asarray(entry['test_eps_forces'])
+        delta = np.asarray(entry['test_delta_forces'])
+        axes[0].scatter(eps, delta, s=10, alpha=0.6, color=colours[size], label=f'{size} members')
+        grid = np.linspace(0, eps.max() * 1.05, 2)
+        axes[0].plot(grid, entry['slope'] * grid, color=colours[size], lw=1.5)
+    axes[0].set_xlabel('true force error ε_F (eV/Å)')
+    axes[0].set_ylabel('committee disagreement δ_F (eV/Å)')
+    axes[0].set_title(f'held-out frames, {last["n_labelled"]} labels; lines: δ = a·ε')
+    axes[0].legend()
+    for axis, key in ((axes[1], 'tpr'), (axes[2], 'ppv')):
+        for size in colours:
+            for index, iteration in enumerate(iterations):
+                entry = iteration['committees'].get(size)
+                if entry is None:
+                    continue
+                rows = entry['rates']
+                axis.plot(
+                    [r['error_threshold'] for r in rows],
+                    [np.nan if r[key] is None else r[key] for r in rows],
+                    marker='o',
+                    color=colours[size],
+                    alpha=0.35 + 0.65 * (index + 1) / len(iterations),
+                    label=f'{size} members, {iteration["n_labelled"]} labels',
+                )
+        axis.axhline(0.8, color='grey', ls='--', lw=1)
+        axis.set_ylim(0, 1.05)
+        axis.set_xlabel('ε_thr (eV/Å), τ = a·ε_thr')
+        axis.set_ylabel(key.upper())
+        axis.grid(alpha=0.3)
+    axes[2].legend(fontsize=7)
+    figure.suptitle('Calibration quality on EMT Cu (tiny MACE committees)')
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--sizes', default='10,20,40', help='labelled frames per iteration')
+    parser.add_argument('--members', type=int, default=8)
+    parser.add_argument('--channels', type=int, default=8)
+    parser.add_argument('--epochs', type=int, default=40)
+    parser.add_argument('--thresholds', default='0.015,0.02,0.03,0.04,0.05', help='ε_thr, eV/Å')
+    parser.add_argument('--pool', type=int, default=24, help='pool frames per cell and T')
+    parser.add_argument('--test', type=int, default=12, help='test frames per cell and T')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--json', default='benchmarks/results/calibration.json')
+    parser.add_argument('--png', default='benchmarks/results/calibration.png')
+    parser.add_argument('--smoke', action='store_true', help='tiny sizes, to check it runs')
+    args = parser.parse_args()
+    if args.smoke:
+        args.sizes, args.members, args.epochs, args.pool, args.test = '6', 2, 3, 3, 2
+    sizes = [int(s) for s in args.sizes.split(',')]
+    thresholds = [float(t) for t in args.thresholds.split(',')]
+    start = time.perf_counter()
+    pool = md_frames(21 + args.seed, [(t, args.pool) for t in TEMPERATURES])
+    test = md_frames(22 + args.seed, [(t, args.test) for t in TEMPERATURES])
+    if max(sizes) > len(pool):
+        parser.error(f'--sizes asks for {max(sizes)} labelled frames; the pool has {len(pool)}')
+    order = np.random.default_rng(args.seed).permutation(len(pool))
+    print(f'pool {len(pool)} frames, test {len(test)} frames')
+    iterations = []
+    root = Path(tempfile.mkdtemp(prefix='trainspot-calibration-'))
+    try:
+        for index, size in enumerate(sizes):
+            labelled = [pool[i] for i in order[:size]]
+            n_valid = max(2, size // 5)
+            valid, train = labelled[:n_valid], labelled[n_valid:]
+            print(f'  iteration {index}: {size} labelled ({len(train)} train, {n_valid} held out)')
+            seeds = [100 * args.seed + 10 * index + m for m in range(args.members)]
+            models = train_committee(
+                train, valid, root / f'it{index}', seeds, args.epochs, channels=args.channels
+            )
+            iterations.append(
+                {
+                    'iteration': index,
+                    'n_labelled': size,
+                    'n_calibration': n_valid,
+                    'committees': evaluate_sizes(models, valid, test, thresholds, args.members),
+                }
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    report = {
+        'system': 'EMT Cu, 31-32 atoms, Langevin MD 300-1800 K, +-3 % strain',
+        'pool_frames': len(pool),
+        'test_frames': len(test),
+        'settings': vars(args),
+        'seconds': round(time.perf_counter() - start, 1),
+        'iterations': iterations,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    plot(report, Path(args.png))
+    print(f'wrote {args.json} and {args.png} in {report["seconds"]} s')
+
+
+if __name__ == '__main__':
+    main()

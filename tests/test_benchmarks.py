@@ -1,0 +1,104 @@
+"""Smoke sizes of the benchmark scripts: they run, write their JSON and PNG, and the figures hold.
+
+The benchmarks themselves are not timed tests; these check that each script still works against
+the package (an API change would otherwise only show when someone reruns a study), on sizes that
+take seconds to a few minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / 'benchmarks'
+sys.path.insert(0, str(BENCHMARKS))
+
+
+def run_script(name: str, *args: str, cwd: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, '-W', 'ignore', str(BENCHMARKS / name), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as image:
+        assert image.format == 'PNG'
+        pixels = np.asarray(image.convert('L'), dtype=float)
+    assert pixels.std() > 5  # something was drawn
+
+
+def test_cpu_between_interpolates_daemon_samples():
+    from bench_workflow_overhead import cpu_between, stage_of
+
+    samples = [(0.0, 0.0), (10.0, 5.0), (20.0, 5.0), (30.0, 11.0)]
+    assert cpu_between(samples, 5.0, 25.0) == pytest.approx(2.5 + 3.0)
+    assert cpu_between(samples, 10.0, 20.0) == 0.0
+    assert stage_of('iteration_02_training') == (2, 'training')
+    assert stage_of('augmentation') == (0, 'augmentation')
+
+
+def test_labels_to_reach_and_summary():
+    from bench_label_efficiency import labels_to_reach, summarise
+
+    random = [{'n_labels': 8, 'force_rmse': 0.05}, {'n_labels': 16, 'force_rmse': 0.03}]
+    fast = [{'n_labels': 8, 'force_rmse': 0.05}, {'n_labels': 12, 'force_rmse': 0.025}]
+    slow = [{'n_labels': 8, 'force_rmse': 0.05}, {'n_labels': 16, 'force_rmse': 0.04}]
+    assert labels_to_reach(fast, 0.03) == 12
+    assert labels_to_reach(slow, 0.03) is None
+    results = {'calibrated': {'0': fast}, 'uncalibrated': {'0': slow}}
+    results |= {'top': {'0': fast}, 'random': {'0': random}}
+    summary = summarise(results, 1)
+    assert summary['calibrated']['mean_fraction_of_random_labels'] == pytest.approx(12 / 16)
+    assert summary['uncalibrated']['mean_fraction_of_random_labels'] is None
+    assert summary['random']['mean_fraction_of_random_labels'] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_evaluation_benchmark_smoke(tmp_path):
+    out = run_script(
+        'bench_evaluation.py',
+        *('--frames', '2', '--members', '2', '--models', 'tiny', '--dtypes', 'float64'),
+        *('--batch-sizes', '1,2', '--repeats', '1', '--threads', '1'),
+        *('--json', str(tmp_path / 'e.json'), '--png', str(tmp_path / 'e.png')),
+        cwd=tmp_path,
+    )
+    rows = json.loads((tmp_path / 'e.json').read_text())['rows']
+    assert {r['method'] for r in rows} == {'ase loop', 'inference'}
+    assert all(r['frames_per_second'] > 0 for r in rows)
+    # batched inference gives the ASE loop's numbers
+    assert max(r['max_deviation'] for r in rows) < 1e-6
+    assert_png(tmp_path / 'e.png')
+    assert 'inference b=2' in out
+
+
+@pytest.mark.slow
+def test_calibration_benchmark_smoke(tmp_path):
+    run_script(
+        'bench_calibration.py',
+        '--smoke',
+        *('--json', str(tmp_path / 'c.json'), '--png', str(tmp_path / 'c.png')),
+        cwd=tmp_path,
+    )
+    report = json.loads((tmp_path / 'c.json').read_text())
+    (iteration,) = report['iterations']
+    committee = iteration['committees']['2']
+    assert committee['slope'] > 0
+    assert len(committee['test_delta_forces']) == report['test_frames']
+    for row in committee['rates']:
+        # counts add up to the test frames; rates are in [0, 1] or undefined
+        assert row['tp'] + row['fp'] + row['fn'] + row['tn'] == report['test_frames']
+        assert row['tpr'] is None or 0 <= row['tpr'] <= 1
+    assert_png(tmp_path / 'c.png')
