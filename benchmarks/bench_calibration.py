@@ -14,7 +14,8 @@ and all 8 members:
 Writes a JSON of every rate, slope and the δ/ε pairs, and a PNG: δ vs ε scatter with the fitted
 line for each committee size (last iteration), and TPR/PPV against ε_thr.
 
-Usage: python benchmarks/bench_calibration.py [--sizes 8,16,32] [--thresholds 0.02,0.03,0.05]
+Usage: python benchmarks/bench_calibration.py [--sizes 10,20,30] [--members 8] [--epochs 30]
+       [--thresholds 0.015,0.02,0.03,0.04,0.05]
        [--json out.json] [--png out.png] [--smoke]
 """
 
@@ -131,10 +132,10 @@ def plot(report, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--sizes', default='10,20,40', help='labelled frames per iteration')
+    parser.add_argument('--sizes', default='10,20,30', help='labelled frames per iteration')
     parser.add_argument('--members', type=int, default=8)
     parser.add_argument('--channels', type=int, default=8)
-    parser.add_argument('--epochs', type=int, default=40)
+    parser.add_argument('--epochs', type=int, default=30)
     parser.add_argument('--thresholds', default='0.015,0.02,0.03,0.04,0.05', help='ε_thr, eV/Å')
     parser.add_argument('--pool', type=int, default=24, help='pool frames per cell and T')
     parser.add_argument('--test', type=int, default=12, help='test frames per cell and T')
