@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from committee_oracle import load_committee, md_frames, predict, train_committee
+from committee_oracle import SYSTEM, load_committee, md_frames, predict, train_committee
 
 TEMPERATURES = (300.0, 800.0, 1300.0, 1800.0)
 COMMITTEE_SIZES = (2, 4, 8)
@@ -178,7 +178,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report = {
-        'system': 'EMT Cu, 31-32 atoms, Langevin MD 300-1800 K, +-3 % strain',
+        'system': SYSTEM,
         'pool_frames': len(pool),
         'test_frames': len(test),
         'settings': vars(args),

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from committee_oracle import load_committee, md_frames, predict, train_committee
+from committee_oracle import SYSTEM, load_committee, md_frames, predict, train_committee
 
 STRATEGIES = ('calibrated', 'uncalibrated', 'top', 'random')
 TEMPERATURES = (300.0, 800.0, 1300.0, 1800.0)
@@ -276,7 +276,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     summary = summarise(results, args.seeds)
     report = {
-        'system': 'EMT Cu, 31-32 atoms, Langevin MD 300-1800 K, +-3 % strain',
+        'system': SYSTEM,
         'pool_frames': len(pool),
         'test_frames': len(test),
         'settings': vars(args),

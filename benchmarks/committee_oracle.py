@@ -29,6 +29,8 @@ MACE_ARGS = [
     '--energy_key', 'REF_energy', '--forces_key', 'REF_forces', '--stress_key', 'REF_stress',
 ]  # fmt: skip
 BIN = Path(sys.executable).parent
+#: How the reports describe the oracle's frames.
+SYSTEM = 'EMT Cu, 31-32 atoms, Langevin MD 300-1800 K, +-3 % strain'
 
 
 def md_frames(seed: int, plan: Sequence[tuple[float, int]], interval: int = 10) -> list:
