@@ -76,29 +76,15 @@ def md_frames(seed: int, plan: Sequence[tuple[float, int]], interval: int = 10) 
     return frames
 
 
-def write_xyz(frames, path: Path) -> None:
-    """Write labelled frames as the extxyz ``mace_run_train`` reads (REF_ keys, 3x3 stress)."""
-    from ase.io import write
-
-    out = []
-    for atoms in frames:
-        copy = atoms.copy()
-        copy.info = {
-            'REF_energy': atoms.get_potential_energy(),
-            'REF_stress': atoms.get_stress(voigt=False),
-        }
-        copy.arrays['REF_forces'] = atoms.get_forces()
-        out.append(copy)
-    write(str(path), out, format='extxyz')
-
-
 def train_committee(
     train, valid, folder: Path, seeds: Sequence[int], epochs: int, channels: int = 8
 ) -> list[Path]:
     """Train one tiny MACE model per seed, two at a time (2 cores); return the model files."""
+    from aiida_trainspot.data.convert import write_labelled_extxyz
+
     folder.mkdir(parents=True, exist_ok=True)
-    write_xyz(train, folder / 'train.xyz')
-    write_xyz(valid, folder / 'valid.xyz')
+    write_labelled_extxyz(train, folder / 'train.xyz')
+    write_labelled_extxyz(valid, folder / 'valid.xyz')
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     pending = list(seeds)
     running: list[tuple[subprocess.Popen, Path]] = []

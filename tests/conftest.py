@@ -573,22 +573,6 @@ def evaluate_code(code_factory):
     )
 
 
-def _write_reference_xyz(frames, path) -> None:
-    """Write frames with their labels under the ``REF_`` keys both training codes read."""
-    from ase.io import write
-
-    out = []
-    for atoms in frames:
-        copy = atoms.copy()
-        copy.info = {
-            'REF_energy': atoms.get_potential_energy(),
-            'REF_stress': atoms.get_stress(voigt=False),
-        }
-        copy.arrays['REF_forces'] = atoms.get_forces()
-        out.append(copy)
-    write(str(path), out, format='extxyz')
-
-
 @pytest.fixture(scope='session')
 def tiny_committee_files(labelled_carbon_frames, tmp_path_factory):
     """Model files of a tiny MACE and a tiny PET committee trained on ``labelled_carbon_frames``.
@@ -604,9 +588,11 @@ def tiny_committee_files(labelled_carbon_frames, tmp_path_factory):
 
     import yaml
 
+    from aiida_trainspot.data.convert import write_labelled_extxyz
+
     root = tmp_path_factory.mktemp('tiny-committees')
-    _write_reference_xyz(labelled_carbon_frames[:24], root / 'train.xyz')
-    _write_reference_xyz(labelled_carbon_frames[24:], root / 'valid.xyz')
+    write_labelled_extxyz(labelled_carbon_frames[:24], root / 'train.xyz')
+    write_labelled_extxyz(labelled_carbon_frames[24:], root / 'valid.xyz')
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     runs = []
     for seed in TINY_COMMITTEE_SEEDS:

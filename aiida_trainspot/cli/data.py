@@ -221,20 +221,9 @@ def write_extxyz(dataset: Any, path: str | Path, label_prefix: str = 'REF_') -> 
     The stress is written as a 3x3 matrix (eV/Å³, ASE sign). With an empty prefix the labels
     are ASE calculator results (what :meth:`PESData.to_extxyz` writes by default).
     """
-    from ase.io import write
+    from aiida_trainspot.data.convert import write_labelled_extxyz
 
     if not label_prefix:
         dataset.to_extxyz(path)
         return len(dataset)
-    from ase.stress import voigt_6_to_full_3x3_stress
-
-    keys = _label_keys(label_prefix)
-    count = 0
-    with open(path, 'w') as handle:
-        for atoms in dataset.iter_atoms(label_keys=keys):
-            stress = atoms.info.get(keys['stress'])
-            if stress is not None and getattr(stress, 'shape', None) == (6,):
-                atoms.info[keys['stress']] = voigt_6_to_full_3x3_stress(stress)
-            write(handle, atoms, format='extxyz')
-            count += 1
-    return count
+    return write_labelled_extxyz(dataset.iter_atoms(), path, _label_keys(label_prefix))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
+from operator import is_not
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,8 @@ from .columns import (
     build_column,
     normalise_metadata_value,
 )
+
+_NO_RESULTS: dict[str, Any] = {}
 
 #: The reserved keys of a frame dictionary; every other key is rejected.
 FRAME_KEYS = frozenset({*STRUCTURE_COLUMNS, *LABEL_COLUMNS, 'info', 'arrays'})
@@ -97,12 +102,14 @@ class _Accumulator:
         columns.atom['numbers'] = np.concatenate(self.numbers).astype(np.int64, copy=False)
         columns.atom['positions'] = _stack_per_atom(self.positions, n_atoms, 'positions')
         columns.frame['cell'] = _stack_cells(self.cells)
-        columns.frame['pbc'] = np.array(
-            [np.broadcast_to(np.asarray(p, dtype=bool), (3,)) for p in self.pbcs], dtype=bool
-        ).reshape(n_frames, 3)
+        columns.frame['pbc'] = _stack_pbc(self.pbcs)
         _add_labels(columns, self.labels)
         for key, values in self.info.items():
             _check_not_reserved(key, 'info')
+            if len(values) == n_frames and set(map(type, values.values())) == {str}:
+                # text in every frame (a method, a source): nothing to normalise or mask
+                columns.frame[key] = np.array(list(values.values()), dtype=object)
+                continue
             for index, value in values.items():
                 values[index] = normalise_metadata_value(key, value, f'frame {index}')
             array, mask = build_column(
@@ -129,9 +136,11 @@ def _stack_per_atom(parts: list[Any], n_atoms: np.ndarray, name: str) -> np.ndar
     """Concatenate per-frame (n, 3) arrays, naming the first frame of the wrong shape."""
     try:
         stacked = np.concatenate(parts).astype(float, copy=False)
-    except ValueError:
-        stacked = None
-    if stacked is None or stacked.shape != (int(n_atoms.sum()), 3):
+        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    except (TypeError, ValueError):
+        stacked = lengths = None
+    # the lengths too: a frame one row short and one a row long add up to the right total
+    if stacked is None or stacked.shape[1:] != (3,) or not np.array_equal(lengths, n_atoms):
         for index, (part, n) in enumerate(zip(parts, n_atoms, strict=True)):
             shape = np.shape(part)
             if shape != (n, 3):
@@ -141,14 +150,33 @@ def _stack_per_atom(parts: list[Any], n_atoms: np.ndarray, name: str) -> np.ndar
 
 def _stack_cells(cells: list[Any]) -> np.ndarray:
     try:
-        return np.array(cells, dtype=float).reshape(len(cells), 3, 3)
-    except ValueError:
-        for index, cell in enumerate(cells):
-            if np.size(cell) != 9:
-                raise ValueError(
-                    f'frame {index}: cell must be 3x3, got shape {np.shape(cell)}'
-                ) from None
-        raise
+        rows_of_three = all(map((3).__eq__, map(len, cells)))
+    except TypeError:  # a scalar
+        rows_of_three = False
+    if rows_of_three:  # (3, 3) each: one concatenation
+        try:
+            stacked = np.concatenate(cells).astype(float, copy=False)
+            if stacked.shape == (3 * len(cells), 3):
+                return stacked.reshape(len(cells), 3, 3)
+        except ValueError:
+            pass
+    for index, cell in enumerate(cells):
+        if np.size(cell) != 9:
+            raise ValueError(f'frame {index}: cell must be 3x3, got shape {np.shape(cell)}')
+    return np.array([np.asarray(cell, dtype=float).reshape(3, 3) for cell in cells])
+
+
+def _stack_pbc(pbcs: list[Any]) -> np.ndarray:
+    """Per-frame periodicity as (n, 3) bools; a scalar means the same on every axis."""
+    try:
+        stacked = np.array(pbcs, dtype=bool)
+    except ValueError:  # a mix of scalars and triples
+        stacked = None
+    if stacked is not None and stacked.shape == (len(pbcs), 3):
+        return stacked
+    return np.array(
+        [np.broadcast_to(np.asarray(p, dtype=bool), (3,)) for p in pbcs], dtype=bool
+    ).reshape(len(pbcs), 3)
 
 
 def columns_from_atoms(
@@ -174,25 +202,37 @@ def _columns_from_atoms(
     accumulator = _Accumulator()
     label_info_keys = {energy_key, stress_key} - {None}
     skip_arrays = {'numbers', 'positions', forces_key}
-    for position, atoms in enumerate(frames):
-        if not isinstance(atoms, Atoms):
-            raise TypeError(f'frame {position}: expected ase.Atoms, got {type(atoms).__name__}')
-        results = getattr(atoms.calc, 'results', None) or {}
+    numbers, positions = accumulator.numbers, accumulator.positions
+    cells, pbcs = accumulator.cells, accumulator.pbcs
+    energies, forces, stresses = (accumulator.labels[k] for k in LABEL_COLUMNS)
+    info_columns, extra_columns = accumulator.info, accumulator.extra
+    # one pass with the least work per frame: references to the arrays are collected and
+    # concatenated column by column at the end; labels come straight from the results
+    # dict of the calculator (what get_potential_energy() etc. would return, minus a copy)
+    for index, atoms in enumerate(frames):
+        if type(atoms) is not Atoms and not isinstance(atoms, Atoms):
+            raise TypeError(f'frame {index}: expected ase.Atoms, got {type(atoms).__name__}')
         arrays = atoms.arrays
         info = atoms.info
-        if label_info_keys:
-            info = {k: v for k, v in info.items() if k not in label_info_keys}
-        accumulator.add(
-            arrays['numbers'],
-            arrays['positions'],
-            atoms.cell.array,
-            atoms.pbc,
-            atoms.info.get(energy_key) if energy_key else results.get('energy'),
-            arrays.get(forces_key) if forces_key else results.get('forces'),
-            atoms.info.get(stress_key) if stress_key else results.get('stress'),
-            info,
-            {k: v for k, v in arrays.items() if k not in skip_arrays} if len(arrays) > 2 else {},
-        )
+        numbers.append(arrays['numbers'])
+        positions.append(arrays['positions'])
+        cells.append(atoms.cell.array)
+        pbcs.append(atoms.pbc)
+        calc = atoms.calc
+        results = _NO_RESULTS if calc is None else getattr(calc, 'results', None) or _NO_RESULTS
+        energies.append(info.get(energy_key) if energy_key else results.get('energy'))
+        forces.append(arrays.get(forces_key) if forces_key else results.get('forces'))
+        stresses.append(info.get(stress_key) if stress_key else results.get('stress'))
+        for key, value in info.items():
+            if key not in label_info_keys:
+                column = info_columns.get(key)
+                if column is None:
+                    column = info_columns[key] = {}
+                column[index] = value
+        if len(arrays) > 2:
+            for key, value in arrays.items():
+                if key not in skip_arrays:
+                    extra_columns.setdefault(key, {})[index] = value
     return accumulator.finish()
 
 
@@ -253,42 +293,82 @@ def _energy(value: Any, where: str) -> float | None:
 def _add_labels(columns: Columns, labels: dict[str, list[Any]]) -> None:
     n_frames = columns.n_frames
     energies = labels['energy']
-    energy_mask = np.fromiter((e is not None for e in energies), dtype=bool, count=n_frames)
+    energy_mask = _not_none(energies)
     if energy_mask.any():
         values = np.full(n_frames, np.nan)
-        for index in np.flatnonzero(energy_mask):
-            values[index] = _energy(energies[index], f'frame {index}')
+        chosen = energies if energy_mask.all() else [e for e in energies if e is not None]
+        try:  # floats and numpy scalars: one conversion; anything else is checked frame by frame
+            stacked = np.array(chosen, dtype=float)
+        except (TypeError, ValueError):
+            stacked = None
+        if stacked is not None and stacked.shape == (len(chosen),):
+            values[energy_mask] = stacked
+        else:
+            for index in np.flatnonzero(energy_mask):
+                values[index] = _energy(energies[index], f'frame {index}')
         columns.frame['energy'] = values
         if not energy_mask.all():
             columns.present['energy'] = energy_mask
     stresses = labels['stress']
-    stress_mask = np.fromiter((s is not None for s in stresses), dtype=bool, count=n_frames)
+    stress_mask = _not_none(stresses)
     if stress_mask.any():
         values = np.full((n_frames, 6), np.nan)
-        chosen = [stresses[i] for i in np.flatnonzero(stress_mask)]
+        chosen = stresses if stress_mask.all() else [s for s in stresses if s is not None]
         try:
-            values[stress_mask] = np.array(chosen, dtype=float).reshape(len(chosen), 6)
-        except ValueError:
+            stacked = np.array(chosen, dtype=float)
+        except (TypeError, ValueError):
+            stacked = None
+        if stacked is not None and stacked.shape == (len(chosen), 6):
+            values[stress_mask] = stacked
+        else:
             for index in np.flatnonzero(stress_mask):
                 values[index] = voigt_stress(stresses[index], f'frame {index}')
         columns.frame['stress'] = values
         if not stress_mask.all():
             columns.present['stress'] = stress_mask
     forces = labels['forces']
-    forces_mask = np.fromiter((f is not None for f in forces), dtype=bool, count=n_frames)
+    forces_mask = _not_none(forces)
     if forces_mask.any():
-        for index in np.flatnonzero(forces_mask):
+        columns.atom['forces'] = _stack_forces(forces, forces_mask, columns.n_atoms)
+        if not forces_mask.all():
+            columns.present['forces'] = forces_mask
+
+
+def _not_none(values: list[Any]) -> np.ndarray:
+    """Mask of the entries that are not None (a C-level map, no per-item Python frame)."""
+    return np.fromiter(map(is_not, values, repeat(None)), dtype=bool, count=len(values))
+
+
+def _stack_forces(forces: list[Any], mask: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
+    """Per-atom forces of every frame, NaN for the atoms of frames without forces."""
+    chosen = forces if mask.all() else [f for f in forces if f is not None]
+    try:
+        lengths = np.fromiter(map(len, chosen), dtype=np.int64, count=len(chosen))
+        stacked = np.concatenate(chosen).astype(float, copy=False)
+    except (TypeError, ValueError):
+        lengths, stacked = None, None
+    if (
+        stacked is None
+        or stacked.ndim != 2
+        or stacked.shape[1] != 3
+        or not np.array_equal(lengths, n_atoms[mask])
+    ):
+        for index in np.flatnonzero(mask):
             shape = np.shape(forces[index])
-            n = columns.n_atoms[index]
+            n = n_atoms[index]
             if shape != (n, 3):
                 raise ValueError(f'frame {index}: forces must have shape ({n}, 3), got {shape}')
         parts = [
             f if f is not None else np.full((n, 3), np.nan)
-            for f, n in zip(forces, columns.n_atoms, strict=True)
+            for f, n in zip(forces, n_atoms, strict=True)
         ]
-        columns.atom['forces'] = np.concatenate(parts).astype(float, copy=False)
-        if not forces_mask.all():
-            columns.present['forces'] = forces_mask
+        return np.concatenate(parts).astype(float, copy=False)
+    if mask.all():
+        return stacked
+    out = np.full((int(n_atoms.sum()), 3), np.nan)
+    frame_of_atom = np.repeat(mask, n_atoms)
+    out[frame_of_atom] = stacked
+    return out
 
 
 def _add_extra_atom_column(columns: Columns, key: str, values: dict[int, np.ndarray]) -> None:
@@ -402,3 +482,55 @@ def frame_records(columns: Columns) -> Sequence[dict[str, Any]]:
                 target[key] = values[start:stop]
         records.append(record)
     return records
+
+
+#: Where MACE (``--energy_key`` etc.) and metatrain (``read_from``/``key``) read labels.
+REFERENCE_LABEL_KEYS = {'energy': 'REF_energy', 'forces': 'REF_forces', 'stress': 'REF_stress'}
+
+
+def write_labelled_extxyz(
+    frames: Iterable[Atoms],
+    target: str | Any,
+    label_keys: Mapping[str, str] = REFERENCE_LABEL_KEYS,
+) -> int:
+    """Write ``frames`` as extended XYZ with their labels under ``label_keys``; return the count.
+
+    Training codes read labels from named ``info``/``arrays`` keys, not from a calculator
+    (whose keys ASE's writer fixes to ``energy``/``forces``/``stress``), so each frame's
+    labels move there: from its calculator (a single-point result or a live one such as EMT,
+    which is then evaluated) or from keys already named ``label_keys``. Stress is written as
+    a 3x3 matrix (eV/Å³, ASE sign), which both MACE and metatrain read. A label a frame does
+    not have is left out, never written as zero; ``info``/``arrays`` metadata is kept.
+    """
+    from ase.io import write
+
+    count = 0
+    is_path = isinstance(target, (str, Path))
+    with open(target, 'w') if is_path else contextlib.nullcontext(target) as handle:
+        for atoms in frames:
+            write(handle, _with_labels_under_keys(atoms, label_keys), format='extxyz')
+            count += 1
+    return count
+
+
+def _with_labels_under_keys(atoms: Atoms, label_keys: Mapping[str, str]) -> Atoms:
+    """A calculator-free copy of ``atoms`` with its labels under ``label_keys``."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    out = atoms.copy()  # drops the calculator, keeps info and arrays
+    for name, key in label_keys.items():
+        value = out.arrays.get(key) if name == 'forces' else out.info.get(key)
+        if value is None and atoms.calc is not None:
+            try:
+                value = atoms.calc.get_property(name, atoms)
+            except PropertyNotImplementedError:  # a single-point result without this label
+                value = None
+        if value is None:
+            continue
+        if name == 'forces':
+            out.arrays[key] = np.asarray(value, dtype=float)
+        elif name == 'stress':
+            out.info[key] = full_stress(voigt_stress(value, f'stress {key!r}'))
+        else:
+            out.info[key] = float(value)
+    return out

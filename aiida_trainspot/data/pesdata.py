@@ -48,6 +48,9 @@ STRATUM_COLUMN = 'generation_method'
 
 Source = Callable[[], Any]
 
+INDEX_CACHE_SIZE = 64
+_INDEX_CACHE: dict[str, DatasetIndex] = {}  # repository key -> index, oldest first
+
 
 def _shard_key(name: str) -> str:
     return f'{SHARD_DIR}/{name}.h5'
@@ -147,13 +150,29 @@ class PESData(orm.Data):
         """The (cached) reader over this node's files."""
         store = getattr(self, '_pes_store', None)
         if store is None:
-            with self.base.repository.open(INDEX_KEY, 'rb') as handle:
-                index = DatasetIndex.from_file(io.BytesIO(handle.read()))
             store = FrameStore(
-                index, lambda name: self.base.repository.open(_shard_key(name), 'rb')
+                self._index(), lambda name: self.base.repository.open(_shard_key(name), 'rb')
             )
             self._pes_store = store
         return store
+
+    def _index(self) -> DatasetIndex:
+        """The node's index, read once per process for a stored node.
+
+        A stored node's files are content-addressed (the key is the SHA-256 of the bytes),
+        so an index read before under the same key is this one: reading a dataset again, or
+        loading the same node anew, skips the repository lookup.
+        """
+        key = self.base.repository.get_object(INDEX_KEY).key if self.is_stored else None
+        index = _INDEX_CACHE.get(key) if key else None
+        if index is None:
+            with self.base.repository.open(INDEX_KEY, 'rb') as handle:
+                index = DatasetIndex.from_file(io.BytesIO(handle.read()))
+            if key:
+                _INDEX_CACHE[key] = index
+                while len(_INDEX_CACHE) > INDEX_CACHE_SIZE:
+                    _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+        return index
 
     def store(self, *args: Any, **kwargs: Any) -> PESData:
         """Store the node (its files move to the object store, so reopen them after)."""
@@ -181,7 +200,11 @@ class PESData(orm.Data):
         # only what the summary needs: numbers, presence masks and the split strings
         small = ['numbers'] + ([SPLIT_COLUMN] if SPLIT_COLUMN in index.columns else [])
         data = store.read(columns=small, structure=False)
-        numbers = np.unique(data.atom['numbers']) if data.n_frames else np.zeros(0, dtype=int)
+        numbers = data.atom['numbers']
+        if numbers.size and numbers.min() >= 0:  # a histogram, not a sort of every atom
+            numbers = np.flatnonzero(np.bincount(numbers))
+        else:  # empty, or unvalidated input with negative numbers
+            numbers = np.unique(numbers)
         n_labelled = {name: int(store.presence(name).sum()) for name in LABEL_COLUMNS}
         split = data.frame.get(SPLIT_COLUMN)
         if split is not None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from aiida import orm
 from aiida.common.exceptions import ModificationNotAllowed
+from aiida.orm.nodes.repository import NodeRepository
 from aiida.plugins import DataFactory
 from ase import Atoms
 from ase.build import bulk, fcc111, molecule
@@ -161,7 +162,7 @@ def test_summary_attributes(mixed):
     assert attributes.get('metadata_columns') == sorted(metadata)
     assert attributes.get('units')['energy'] == 'eV'
     assert attributes.get('units')['forces'] == 'eV/Angstrom'
-    assert attributes.get('format_version') == 1
+    assert attributes.get('format_version') == 2
     assert len(attributes.get('checksum')) == 64
     assert np.array_equal(node.n_atoms_per_frame(), [len(a) for a in mixed])
 
@@ -669,6 +670,26 @@ def test_truncated_files_in_a_dataset_raise(stored_mixed, keep):
         damaged.n_atoms_per_frame()
     # the original is untouched
     assert len(node.to_ase()) == len(node)
+
+
+def test_a_stored_index_is_read_once_per_process(stored_mixed, monkeypatch):
+    """Repository keys are content hashes, so the index of a node loaded anew is reused."""
+    node, frames = stored_mixed
+    node.n_atoms_per_frame()  # reads the index
+    opened = []
+    original = NodeRepository.open
+
+    def spy(self, path, mode='r'):
+        opened.append(path)
+        return original(self, path, mode)
+
+    monkeypatch.setattr(NodeRepository, 'open', spy)
+    again = orm.load_node(node.pk)
+    assert_atoms_lists_equal(again.to_ase(), frames)
+    assert opened and 'index.h5' not in opened  # the shard is read, the index is not
+    locator_shards, _ = again._frame_store().index.locators[0]
+    with pytest.raises(ValueError, match='read-only'):
+        locator_shards[0] = 1  # the shared index cannot be edited in place
 
 
 def test_bad_input_raises_naming_the_frame(mixed):

@@ -434,3 +434,112 @@ def test_overlap_check_is_vectorised_over_many_frames(monkeypatch, block):
     positions[4322 * 8 + 1] = positions[4322 * 8 + 5] + [4.0 - 0.04, 8.0, -4.0]
     with pytest.raises(FrameValidationError, match=r'frame 4322: atoms 1 and 5 are 0.040 Å'):
         validate_columns(columns)
+
+
+# --------------------------------------------------------------------------------------------------
+# The sort-and-sweep overlap check against a brute-force minimum-image search, frame by frame.
+
+
+def _brute_force_pairs(positions, cell, pbc, limit=0.1):
+    """Pairs (i, j) of atoms closer than ``limit`` over all periodic images (ASE's search)."""
+    if len(positions) < 2:
+        return set()
+    distances = get_distances(positions, cell=cell, pbc=pbc)[1]
+    i, j = np.triu_indices(len(positions), 1)
+    return {(int(a), int(b)) for a, b in zip(i, j, strict=True) if distances[a, b] < limit}
+
+
+def _mixed_frames(n_frames, seed):
+    """Clusters, skewed periodic cells, slabs and perfect lattices, some with planted overlaps."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n_frames):
+        kind = k % 4
+        if kind == 3:  # a perfect simple-cubic lattice: whole planes share every coordinate
+            grid = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing='ij'), -1).reshape(-1, 3)
+            positions = grid * 1.5
+            cell, pbc = np.eye(3) * 6.0, np.array([True, True, True])
+        else:
+            n = int(rng.integers(2, 12))
+            cell = np.diag(rng.uniform(4, 7, 3)) + rng.uniform(-1, 1, (3, 3)) * (kind == 1)
+            frac = rng.uniform(-0.3, 1.3, (n, 3))
+            positions = frac @ cell
+            pbc = [np.zeros(3, bool), np.ones(3, bool), np.array([True, True, False])][kind]
+            if kind == 0:
+                cell = np.zeros((3, 3))
+        positions = np.array(positions, dtype=float)
+        if rng.random() < 0.5:  # plant a close pair, possibly through a periodic image
+            a, b = rng.choice(len(positions), 2, replace=False)
+            shift = rng.integers(-1, 2, 3) * pbc if pbc.any() else np.zeros(3)
+            direction = rng.normal(size=3)
+            positions[b] = (
+                positions[a]
+                + shift @ (cell if pbc.any() else np.eye(3))
+                + direction / np.linalg.norm(direction) * rng.uniform(0, 0.2)
+            )
+        frames.append((positions, cell, pbc))
+    return frames
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_sort_and_sweep_agrees_with_brute_force_over_many_frames(monkeypatch, seed):
+    monkeypatch.setattr(validation, '_OVERLAP_BLOCK_ATOMS', 97)  # many blocks, cut anywhere
+    frames = _mixed_frames(160, seed)
+    columns = Columns(
+        n_atoms=[len(p) for p, _, _ in frames],
+        frame={
+            'cell': np.array([c for _, c, _ in frames]),
+            'pbc': np.array([b for *_, b in frames]),
+        },
+        atom={
+            'numbers': np.ones(sum(len(p) for p, _, _ in frames), dtype=int),
+            'positions': np.concatenate([p for p, _, _ in frames]),
+        },
+    )
+    expected = {
+        (k, i, j)
+        for k, (positions, cell, pbc) in enumerate(frames)
+        for i, j in _brute_force_pairs(positions, cell, pbc)
+    }
+    assert expected, 'the planted pairs should make some frames invalid'
+    offsets = columns.offsets
+    found = set()
+    start = 0
+    while start < columns.n_frames:  # the same blocks validate_columns uses
+        stop = min(start + 7, columns.n_frames)
+        part = Columns(
+            n_atoms=columns.n_atoms[start:stop],
+            frame={k: columns.frame[k][start:stop] for k in ('cell', 'pbc')},
+            atom={'positions': columns.atom['positions'][offsets[start] : offsets[stop]]},
+        )
+        for frame, message in validation._check_overlaps(part, 0.1):
+            i, j = map(int, re.match(r'atoms (\d+) and (\d+)', message).groups())
+            found.add((start + frame, i, j))
+        start = stop
+    assert found == expected
+    # and through the public entry point: exactly the invalid frames are named (first ten)
+    with pytest.raises(FrameValidationError) as info:
+        validate_columns(columns)
+    named = sorted({int(i) for i in re.findall(r'\bframe (\d+)\b', str(info.value))})
+    assert named == sorted({k for k, _, _ in expected})[: len(named)]
+
+
+def test_a_large_perfect_crystal_is_checked_correctly():
+    atoms = bulk('Cu', 'fcc', a=3.6, cubic=True) * (6, 6, 6)  # 864 atoms on lattice planes
+    validate_columns(columns_from_atoms([atoms]))
+    atoms.positions[500] = atoms.positions[17] + atoms.cell[0] + [0.0, 0.0, 0.04]
+    with pytest.raises(FrameValidationError, match=r'frame 0: atoms 17 and 500 are 0.040 Å'):
+        validate_columns(columns_from_atoms([atoms]))
+
+
+def test_frames_without_atoms_do_not_break_the_overlap_check():
+    columns = Columns(
+        n_atoms=[0, 2, 0, 2, 0],
+        frame={'cell': np.zeros((5, 3, 3)), 'pbc': np.zeros((5, 3), bool)},
+        atom={
+            'numbers': np.ones(4, dtype=int),
+            'positions': np.array([[0, 0, 0], [1.5, 0, 0], [0, 0, 0], [0.05, 0, 0]], float),
+        },
+    )
+    with pytest.raises(FrameValidationError, match=r'frame 3: atoms 0 and 1 are 0.050 Å'):
+        validate_columns(columns)
