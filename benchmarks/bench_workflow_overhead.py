@@ -11,7 +11,8 @@ jobs, from their CalcJob nodes) and the AiiDA nodes the run created per labelled
 With ``--watch`` (start it right after ``aiida-trainspot run --daemon CONFIG.yaml``), it samples
 the CPU time of the daemon workers (their own, not the codes they launch) every second until the
 run terminates, and reports the daemon CPU seconds spent in each iteration: what the AiiDA
-machinery itself costs, next to the external codes. ``--png`` draws the stage times.
+machinery itself costs, next to the external codes, in all and within each stage's process.
+``--png`` draws the stage times.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def stage_of(label: str) -> tuple[int, str]:
         _, number, stage = label.split('_', 2)
         return int(number), stage
     return 0, label
+
+
+def optional(value: float | None) -> str:
+    return '' if value is None else f'{value:.1f}'
 
 
 def seconds(node) -> float:
@@ -77,21 +82,37 @@ def cpu_between(samples, start: float, stop: float) -> float:
     return float(np.interp(stop, times, values) - np.interp(start, times, values))
 
 
-def iteration_windows(node) -> dict[int, tuple[float, float]]:
-    """Unix (start, end) of each iteration: first creation to last change of its processes."""
+def iteration_starts(node) -> dict[int, float]:
+    """Unix time at which each loop iteration (1, 2, ...) created its first process."""
     from aiida.common.links import LinkType
 
-    windows: dict[int, tuple[float, float]] = {}
+    starts: dict[int, float] = {}
     for link in node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)):
         iteration, _ = stage_of(link.link_label)
-        begin, end = link.node.ctime.timestamp(), link.node.mtime.timestamp()
-        old = windows.get(iteration, (begin, end))
-        windows[iteration] = (min(old[0], begin), max(old[1], end))
-    return windows
+        if iteration > 0:
+            begin = link.node.ctime.timestamp()
+            starts[iteration] = min(starts.get(iteration, begin), begin)
+    return starts
+
+
+def iteration_windows(
+    starts: dict[int, float], run_start: float, run_end: float
+) -> dict[int, tuple[float, float]]:
+    """Consecutive windows that tile the run: 0 until the first iteration starts, then each
+    iteration until the next one starts, the last one until the run ends (its wrap-up included).
+
+    Steps outside the loop (augmentation, the final summary) have no iteration in their link
+    label; windows by start time keep them from stretching a window over the whole run, so the
+    windows' CPU seconds add up to the run's.
+    """
+    loop = sorted(starts)
+    bounds = [run_start, *(starts[k] for k in loop), run_end]
+    return {key: (bounds[i], bounds[i + 1]) for i, key in enumerate([0, *loop])}
 
 
 def plot(report: dict, path: str) -> None:
     """Stacked bars: wall time of each stage per iteration."""
+    import matplotlib
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4), layout='constrained')
@@ -99,9 +120,11 @@ def plot(report: dict, path: str) -> None:
     iterations = sorted(report['stages'], key=int)
     stages = sorted({s for i in iterations for s in report['stages'][i]})
     bottom = [0.0] * len(iterations)
-    for stage in stages:
+    colours = matplotlib.colormaps['tab20'].colors  # more stages than tab10 has colours
+    for index, stage in enumerate(stages):
         values = [report['stages'][i].get(stage, 0.0) for i in iterations]
-        axis.bar(iterations, values, bottom=bottom, label=stage)
+        colour = colours[index % len(colours)]
+        axis.bar(iterations, values, bottom=bottom, label=stage, color=colour)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     if report.get('daemon_cpu_seconds'):
         cpu = [report['daemon_cpu_seconds'].get(i, 0.0) for i in iterations]
@@ -131,10 +154,15 @@ def main() -> None:
     samples = watch_daemon_cpu(node) if args.watch else None
     table: dict[int, dict[str, float]] = defaultdict(dict)
     codes: dict[int, dict[str, float]] = defaultdict(dict)
+    stage_cpu: dict[int, dict[str, float]] = defaultdict(dict)
     for link in node.base.links.get_outgoing(link_type=(LinkType.CALL_WORK, LinkType.CALL_CALC)):
         iteration, stage = stage_of(link.link_label)
         child = link.node
         table[iteration][stage] = table[iteration].get(stage, 0.0) + seconds(child)
+        if samples:
+            window = (child.ctime.timestamp(), child.mtime.timestamp())
+            spent = cpu_between(samples, *window)
+            stage_cpu[iteration][stage] = stage_cpu[iteration].get(stage, 0.0) + spent
         jobs = [child] if isinstance(child, orm.CalcJobNode) else []
         if isinstance(child, orm.WorkflowNode):
             jobs = [n for n in child.called_descendants if isinstance(n, orm.CalcJobNode)]
@@ -160,18 +188,25 @@ def main() -> None:
         else None,
     }
     if samples:
+        run_start, run_end = node.ctime.timestamp(), node.mtime.timestamp()
+        windows = iteration_windows(iteration_starts(node), run_start, run_end)
         report['daemon_cpu_seconds'] = {
-            str(k): round(cpu_between(samples, *window), 1)
-            for k, window in sorted(iteration_windows(node).items())
+            str(k): round(cpu_between(samples, *window), 1) for k, window in windows.items()
         }
-        report['daemon_cpu_seconds_total'] = round(samples[-1][1] - samples[0][1], 1)
+        report['daemon_cpu_seconds_by_stage'] = {
+            str(k): {s: round(v, 1) for s, v in d.items()} for k, d in stage_cpu.items()
+        }
+        report['daemon_cpu_seconds_total'] = round(cpu_between(samples, run_start, run_end), 1)
+        report['daemon_cpu_samples'] = [
+            [round(t - run_start, 2), round(cpu, 2)] for t, cpu in samples
+        ]
     print(f'TrainsPotWorkChain<{node.pk}>: {total:.0f} s wall, {n_labelled} labelled frames')
-    print(f'{"iteration":>9} {"stage":<22} {"wall s":>8} {"jobs s (sum)":>12}')
+    print(f'{"iteration":>9} {"stage":<22} {"wall s":>8} {"jobs s (sum)":>12} {"daemon CPU s":>12}')
     for iteration in sorted(table):
         for stage, wall in sorted(table[iteration].items(), key=lambda item: -item[1]):
-            job = codes[iteration].get(stage)
+            job, cpu = codes[iteration].get(stage), stage_cpu[iteration].get(stage)
             print(
-                f'{iteration:>9} {stage:<22} {wall:>8.1f} {"" if job is None else f"{job:.1f}":>12}'
+                f'{iteration:>9} {stage:<22} {wall:>8.1f} {optional(job):>12} {optional(cpu):>12}'
             )
     print(
         f'processes {report["processes"]}, data nodes created {report["data_nodes_created"]}, '

@@ -50,6 +50,16 @@ def test_cpu_between_interpolates_daemon_samples():
     assert stage_of('augmentation') == (0, 'augmentation')
 
 
+def test_iteration_windows_tile_the_run():
+    from bench_workflow_overhead import cpu_between, iteration_windows
+
+    windows = iteration_windows({2: 60.0, 1: 20.0}, run_start=0.0, run_end=100.0)
+    assert windows == {0: (0.0, 20.0), 1: (20.0, 60.0), 2: (60.0, 100.0)}
+    samples = [(0.0, 0.0), (50.0, 30.0), (100.0, 40.0)]
+    per_window = [cpu_between(samples, *w) for w in windows.values()]
+    assert sum(per_window) == pytest.approx(cpu_between(samples, 0.0, 100.0))
+
+
 def test_labels_to_reach_and_summary():
     from bench_label_efficiency import labels_to_reach, summarise
 
@@ -101,4 +111,11 @@ def test_calibration_benchmark_smoke(tmp_path):
         # counts add up to the test frames; rates are in [0, 1] or undefined
         assert row['tp'] + row['fp'] + row['fn'] + row['tn'] == report['test_frames']
         assert row['tpr'] is None or 0 <= row['tpr'] <= 1
+    # the in-sample line is fitted on the test frames, and the truth counts are theirs
+    eps = committee['test_eps_forces']
+    assert committee['test_fit']['slope'] > 0
+    for threshold, above in zip(
+        report['settings']['thresholds'].split(','), committee['test_frames_above'], strict=True
+    ):
+        assert above == sum(e > float(threshold) for e in eps)
     assert_png(tmp_path / 'c.png')
