@@ -12,7 +12,10 @@ then each strategy adds at most ``--batch`` pool frames:
   labelled frames held out of training; a random subset of the candidates (the package's rule);
 - ``uncalibrated``: δ_F > ε_thr, a random subset of the candidates;
 - ``top``: the largest δ_F;
-- ``random``: uniform from the pool.
+- ``random``: uniform from the pool;
+- ``calibrated-top``: the candidates of ``calibrated``, capped by the package's
+  ``select_frames`` with ``cap_order='disagreement'`` (furthest above τ first; no trust bound,
+  like the other strategies).
 
 A strategy with no candidates left stops adding frames (the loop has converged by its own
 criterion); its curve ends there. All strategies start from the same random labelled frames and
@@ -23,7 +26,9 @@ seed, the labels needed to reach random selection's final force RMSE.
 
 Usage: python benchmarks/bench_label_efficiency.py [--seeds 3] [--rounds 4] [--batch 6]
        [--initial 10] [--members 2] [--epochs 30] [--threshold 0.03] [--channels 8]
-       [--json out.json] [--png out.png] [--smoke]
+       [--strategies calibrated,uncalibrated,top,random,calibrated-top]
+       [--first-seed 0] [--reference earlier.json] [--json out.json] [--png out.png] [--smoke]
+``random`` is always run: it is the reference of the summary.
 The science comes from the package's plain modules (calibration, disagreement, inference);
 no AiiDA profile is needed.
 """
@@ -40,7 +45,10 @@ from pathlib import Path
 import numpy as np
 from committee_oracle import SYSTEM, load_committee, md_frames, predict, train_committee
 
-STRATEGIES = ('calibrated', 'uncalibrated', 'top', 'random')
+# appended, never reordered: a strategy's random stream is seeded by its index here
+STRATEGIES = ('calibrated', 'uncalibrated', 'top', 'random', 'calibrated-top')
+#: the strategies that select only frames above a calibrated τ (and stop when none is left)
+CALIBRATED = ('calibrated', 'calibrated-top')
 TEMPERATURES = (300.0, 800.0, 1300.0, 1800.0)
 
 
@@ -53,6 +61,18 @@ def choose(strategy, pool_free, delta, slope, threshold, batch, rng) -> np.ndarr
         return rng.permutation(len(pool_free))[:batch]
     if strategy == 'top':
         return np.argsort(-delta)[:batch]
+    if strategy == 'calibrated-top':
+        from aiida_trainspot.evaluation.selection import SelectionSettings, select_frames
+
+        # no trust bound: the other strategies have none, and this one compares the cap's order
+        settings = SelectionSettings(
+            max_selected=batch,
+            cap_order='disagreement',
+            max_force=None,
+            force_disagreement_factor=float('inf'),
+        )
+        tau = {'forces': threshold * slope}
+        return select_frames({'forces': delta}, tau, seed=0, settings=settings).selected
     tau = threshold * (slope if strategy == 'calibrated' else 1.0)
     candidates = np.flatnonzero(delta > tau)
     return rng.permutation(candidates)[:batch]
@@ -130,7 +150,7 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
             point['n_candidates'] = int(
                 np.sum(
                     pool_result['delta_forces']
-                    > (tau if strategy == 'calibrated' else args.threshold)
+                    > (tau if strategy in CALIBRATED else args.threshold)
                 )
             )
             labelled += [int(free[i]) for i in picked]
@@ -139,11 +159,7 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
         if (
             round_index < args.rounds
             and point.get('n_candidates', 1) == 0
-            and strategy
-            in (
-                'calibrated',
-                'uncalibrated',
-            )
+            and strategy in (*CALIBRATED, 'uncalibrated')
         ):
             break  # converged by its own criterion: nothing left above τ
     return curve, first_round
@@ -157,12 +173,12 @@ def labels_to_reach(curve, target: float) -> int | None:
     return None
 
 
-def summarise(results, seeds: int) -> dict:
+def summarise(results, seeds) -> dict:
     """Per strategy: final RMSE and the labels needed to reach random's final force RMSE."""
     summary = {}
-    for strategy in STRATEGIES:
+    for strategy in results:
         per_seed = []
-        for seed in range(seeds):
+        for seed in range(seeds) if isinstance(seeds, int) else seeds:
             curve = results[strategy][str(seed)]
             target = results['random'][str(seed)][-1]
             reached = labels_to_reach(curve, target['force_rmse'])
@@ -186,16 +202,15 @@ def summarise(results, seeds: int) -> dict:
     return summary
 
 
-def plot(results, path: Path, args) -> None:
+def plot(results, path: Path, args, seeds) -> None:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(11, 4.2), layout='constrained')
     axes = figure.subplots(1, 2)
-    colours = dict(
-        zip(STRATEGIES, ('tab:red', 'tab:orange', 'tab:purple', 'tab:blue'), strict=True)
-    )
-    for strategy in STRATEGIES:
-        curves = [results[strategy][str(seed)] for seed in range(args.seeds)]
+    palette = ('tab:red', 'tab:orange', 'tab:purple', 'tab:blue', 'tab:green')
+    colours = dict(zip(STRATEGIES, palette, strict=True))
+    for strategy in results:
+        curves = [results[strategy][str(seed)] for seed in seeds]
         n_rounds = min(len(c) for c in curves)
         labels = np.array([[c[r]['n_labels'] for r in range(n_rounds)] for c in curves])
         for axis, key, scale in (
@@ -235,6 +250,32 @@ def plot(results, path: Path, args) -> None:
     figure.savefig(path, dpi=120)
 
 
+#: settings that must match for a reference report's random curves to be reused
+COMPARABLE = (
+    'rounds',
+    'batch',
+    'initial',
+    'members',
+    'channels',
+    'epochs',
+    'threshold',
+    'pool',
+    'test',
+)
+
+
+def reference_random_curves(args, seeds) -> dict:
+    """``random``'s curves for ``seeds`` from ``args.reference``; its settings must match."""
+    report = json.loads(Path(args.reference).read_text())
+    different = [k for k in COMPARABLE if report['settings'][k] != getattr(args, k)]
+    if different:
+        raise SystemExit(f'--reference {args.reference}: different settings {different}')
+    missing = [seed for seed in seeds if str(seed) not in report['results']['random']]
+    if missing:
+        raise SystemExit(f'--reference {args.reference}: no random curve for seeds {missing}')
+    return {str(seed): report['results']['random'][str(seed)] for seed in seeds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--seeds', type=int, default=3)
@@ -249,6 +290,16 @@ def main() -> None:
         '--pool', default='40,20,10,6', help='pool frames per cell at 300,800,1300,1800 K'
     )
     parser.add_argument('--test', type=int, default=8, help='test frames per cell and temperature')
+    parser.add_argument(
+        '--strategies', default=','.join(STRATEGIES), help='comma-separated; random is added'
+    )
+    parser.add_argument('--first-seed', type=int, default=0, help='seeds first-seed, +1, ...')
+    parser.add_argument(
+        '--reference',
+        default=None,
+        help="an earlier report of this script with the same settings: its 'random' curves are "
+        'reused instead of rerun (they are deterministic), to add a strategy to a study',
+    )
     parser.add_argument('--json', default='benchmarks/results/label_efficiency.json')
     parser.add_argument('--png', default='benchmarks/results/label_efficiency.png')
     parser.add_argument('--smoke', action='store_true', help='tiny sizes, to check it runs')
@@ -256,25 +307,35 @@ def main() -> None:
     if args.smoke:
         args.seeds, args.rounds, args.batch, args.epochs, args.initial = 1, 1, 4, 3, 6
         args.pool, args.test = '4,3,2,2', 2
+    strategies = [s for s in STRATEGIES if s in args.strategies.split(',') or s == 'random']
+    unknown = set(args.strategies.split(',')) - set(STRATEGIES)
+    if unknown:
+        parser.error(f'unknown strategies {sorted(unknown)}; known: {list(STRATEGIES)}')
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    reference = reference_random_curves(args, seeds) if args.reference else {}
+    if reference:
+        strategies.remove('random')
     start = time.perf_counter()
     counts = [int(c) for c in args.pool.split(',')]
     pool = md_frames(11, list(zip(TEMPERATURES, counts, strict=True)))
     test = md_frames(12, [(t, args.test) for t in TEMPERATURES])
     print(f'pool {len(pool)} frames, test {len(test)} frames ({time.perf_counter() - start:.0f} s)')
-    results: dict = {s: {} for s in STRATEGIES}
+    results: dict = {s: {} for s in strategies}
     root = Path(tempfile.mkdtemp(prefix='trainspot-label-efficiency-'))
     try:
-        for seed in range(args.seeds):
+        for seed in seeds:
             initial = np.random.default_rng(seed).permutation(len(pool))[: args.initial].tolist()
             first_round = None
-            for strategy in STRATEGIES:
+            for strategy in strategies:
                 curve, first_round = run_strategy(
                     strategy, seed, pool, test, initial, args, root, first_round
                 )
                 results[strategy][str(seed)] = curve
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    summary = summarise(results, args.seeds)
+    if reference:
+        results['random'] = reference
+    summary = summarise(results, seeds)
     report = {
         'system': SYSTEM,
         'pool_frames': len(pool),
@@ -286,7 +347,7 @@ def main() -> None:
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
-    plot(results, Path(args.png), args)
+    plot(results, Path(args.png), args, seeds)
     for strategy, entry in summary.items():
         reached = [p['labels_to_random_final'] for p in entry['per_seed']]
         print(

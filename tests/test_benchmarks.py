@@ -7,6 +7,7 @@ take seconds to a few minutes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -119,3 +120,56 @@ def test_calibration_benchmark_smoke(tmp_path):
     ):
         assert above == sum(e > float(threshold) for e in eps)
     assert_png(tmp_path / 'c.png')
+
+
+def test_calibrated_top_takes_the_candidates_furthest_above_tau():
+    from bench_label_efficiency import choose
+
+    delta = np.array([0.001, 0.5, 0.02, 0.3, 0.04, 0.0])
+    picked = choose('calibrated-top', np.arange(6), delta, 0.5, 0.03, 2, rng=None)
+    assert sorted(picked.tolist()) == [1, 3]
+    # fewer candidates above τ = 0.015 than the batch: all of them, nothing below τ
+    picked = choose('calibrated-top', np.arange(6), delta, 0.5, 0.03, 5, rng=None)
+    assert sorted(picked.tolist()) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_label_efficiency_benchmark_smoke(tmp_path):
+    run_script(
+        'bench_label_efficiency.py',
+        *('--smoke', '--strategies', 'calibrated-top'),
+        *('--json', str(tmp_path / 'l.json'), '--png', str(tmp_path / 'l.png')),
+        cwd=tmp_path,
+    )
+    report = json.loads((tmp_path / 'l.json').read_text())
+    # random is always run: the summary measures every strategy against it
+    assert set(report['results']) == {'calibrated-top', 'random'}
+    batch = report['settings']['batch']
+    for strategy, curves in report['results'].items():
+        curve = curves['0']
+        assert curve[0]['n_labels'] == report['settings']['initial']
+        for before, after in itertools.pairwise(curve):
+            added = after['n_labels'] - before['n_labels']
+            if strategy == 'random':
+                assert added == batch
+            else:  # every candidate above τ up to the batch
+                assert added == min(batch, before['n_candidates']) > 0
+    assert set(report['summary']) == {'calibrated-top', 'random'}
+    assert_png(tmp_path / 'l.png')
+
+
+def test_reference_curves_need_the_same_settings(tmp_path):
+    from argparse import Namespace
+
+    from bench_label_efficiency import COMPARABLE, reference_random_curves
+
+    settings = dict.fromkeys(COMPARABLE, 1)
+    curve = [{'n_labels': 10, 'force_rmse': 0.1}]
+    path = tmp_path / 'earlier.json'
+    path.write_text(json.dumps({'settings': settings, 'results': {'random': {'0': curve}}}))
+    args = Namespace(reference=str(path), **settings)
+    assert reference_random_curves(args, [0]) == {'0': curve}
+    with pytest.raises(SystemExit, match='no random curve for seeds'):
+        reference_random_curves(args, [0, 1])
+    with pytest.raises(SystemExit, match=r"different settings \['epochs'\]"):
+        reference_random_curves(Namespace(**{**vars(args), 'epochs': 2}), [0])

@@ -21,8 +21,11 @@ The steps, in order (``F`` frames, per-frame arrays of length ``F``):
    given, same species in the same order) and the largest atomic displacement between them,
    :math:`\max_i |r_i - r'_i|` (minimum image along periodic axes when ``cells`` is given), is
    below ``min_displacement`` (0.1 Å); otherwise it is kept and becomes the reference.
-4. **Random cap**: at most ``max_selected`` (1000) of the remaining frames are drawn without
-   replacement by ``numpy.random.default_rng(seed)``.
+4. **Cap**: at most ``max_selected`` (1000) of the remaining frames are kept. With
+   ``cap_order='random'`` (the default, the paper's rule) they are drawn without replacement by
+   ``numpy.random.default_rng(seed)``; with ``cap_order='disagreement'`` the frames furthest above
+   their thresholds come first (largest :math:`\max_\alpha \delta_\alpha / \tau_\alpha`, ties by
+   frame index), which spends a small label budget where the committee is least sure.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import numpy as np
 from .disagreement import check_n_atoms, frame_offsets, property_arrays
 
 __all__ = [
+    'CAP_ORDERS',
     'REJECTION_REASONS',
     'SelectionResult',
     'SelectionSettings',
@@ -48,6 +52,9 @@ __all__ = [
 #: Reasons a frame can be rejected by the trust bound.
 REJECTION_REASONS = ('too_close', 'force_disagreement', 'large_force')
 
+#: How the cap picks among more trusted candidates than ``max_selected``.
+CAP_ORDERS = ('random', 'disagreement')
+
 
 @dataclass(frozen=True)
 class SelectionSettings:
@@ -59,8 +66,11 @@ class SelectionSettings:
     max_force_disagreement: float | None = None
     force_disagreement_factor: float = 10.0
     max_force: float | None = 50.0
+    cap_order: str = 'random'
 
     def __post_init__(self) -> None:
+        if self.cap_order not in CAP_ORDERS:
+            raise ValueError(f'cap_order must be one of {CAP_ORDERS}, got {self.cap_order!r}')
         if self.max_selected is not None and int(self.max_selected) < 0:
             raise ValueError(f'max_selected must be >= 0 or None, got {self.max_selected}')
         for name in ('min_displacement', 'min_distance', 'force_disagreement_factor'):
@@ -281,6 +291,24 @@ def _same_atoms(
     )
 
 
+def excess_over_threshold(
+    deltas: Mapping[str, np.ndarray], taus: Mapping[str, float]
+) -> np.ndarray:
+    """Per frame, the largest δ/τ over the properties with a threshold (NaN counts as 0).
+
+    A ratio rather than δ itself, so that energies, forces and stresses rank on one scale.
+    """
+    n_frames = len(next(iter(deltas.values())))
+    excess = np.zeros(n_frames)
+    for name, tau in taus.items():
+        if name not in deltas:
+            continue
+        delta = np.nan_to_num(np.asarray(deltas[name], dtype=float), nan=0.0)
+        ratio = delta / tau if tau > 0 else np.where(delta > 0, np.inf, 0.0)
+        excess = np.maximum(excess, ratio)
+    return excess
+
+
 def select_frames(
     disagreement: Any,
     thresholds: Any,
@@ -297,7 +325,7 @@ def select_frames(
     max_forces: Any = None,
     settings: SelectionSettings | None = None,
 ) -> SelectionResult:
-    """Candidates → trust bound → near-duplicate thinning → seeded random cap.
+    """Candidates → trust bound → near-duplicate thinning → cap (seeded random or by excess δ/τ).
 
     :param disagreement: per-frame δ by property (a mapping or a ``Disagreement``); its
         ``'forces'`` entry (δ_F, eV/Å) feeds the force-disagreement trust bound.
@@ -342,8 +370,12 @@ def select_frames(
     selected = trusted
     cap = settings.max_selected
     if cap is not None and trusted.size > int(cap):
-        rng = np.random.default_rng(int(seed))
-        selected = np.sort(rng.choice(trusted, size=int(cap), replace=False))
+        if settings.cap_order == 'disagreement':
+            excess = excess_over_threshold(deltas, taus)[trusted]
+            selected = np.sort(trusted[np.argsort(-excess, kind='stable')[: int(cap)]])
+        else:
+            rng = np.random.default_rng(int(seed))
+            selected = np.sort(rng.choice(trusted, size=int(cap), replace=False))
     return SelectionResult(
         n_frames=n_frames,
         candidates=_indices(candidates),

@@ -139,6 +139,29 @@ def test_cap_reproducible_with_seed_and_different_with_another():
     assert uncapped.selected.tolist() == list(range(300))
 
 
+def test_cap_by_disagreement_takes_the_frames_furthest_above_their_thresholds():
+    rng = np.random.default_rng(3)
+    data = {'forces': rng.uniform(0.0, 1.0, 40), 'energy': rng.uniform(0.0, 0.02, 40)}
+    taus = {'forces': 0.2, 'energy': 0.005}
+    options = SelectionSettings(max_selected=6, cap_order='disagreement', max_force=None)
+    result = select_frames(data, taus, seed=0, settings=options)
+    # brute force: rank every trusted candidate by its largest δ/τ
+    excess = np.maximum(data['forces'] / 0.2, data['energy'] / 0.005)
+    trusted = [i for i in range(40) if excess[i] > 1 and data['forces'][i] <= 10 * 0.2]
+    expected = sorted(sorted(trusted, key=lambda i: -excess[i])[:6])
+    assert len(trusted) > 6  # the cap acts
+    assert result.selected.tolist() == expected
+    # no randomness: another seed selects the same frames
+    again = select_frames(data, taus, seed=99, settings=options)
+    assert again.selected.tolist() == expected
+
+
+def test_cap_order_must_be_known():
+    with pytest.raises(ValueError, match=r"cap_order must be one of .* got 'largest'"):
+        SelectionSettings(cap_order='largest')
+    assert SelectionSettings().cap_order == 'random'
+
+
 def test_default_cap_is_1000():
     data = {'energy': np.ones(1500)}
     result = select_frames(data, {'energy': 0.5}, seed=0)

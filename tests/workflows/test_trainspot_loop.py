@@ -298,6 +298,7 @@ def test_bad_inputs_are_named_at_submission(loop_codes, tersoff_file):
     assert 'error_thresholds' in problem(error_thresholds=orm.Dict({'force': 0.1}))
     assert 'calibration.method' in problem(calibration=orm.Dict({'method': 'magic'}))
     assert 'selection' in problem(selection=orm.Dict({'min_distanse': 0.3}))
+    assert 'cap_order' in problem(selection=orm.Dict({'cap_order': 'largest'}))
     assert 'explored' in problem(explored=PESData.from_ase(carbon_structures()))
     assert 'restart_from' in problem(restart_from=orm.Str('not-a-uuid'))
     assert 'max_iterations' in problem(max_iterations=orm.Int(0))
