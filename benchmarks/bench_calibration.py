@@ -59,7 +59,7 @@ def rates_along_line(delta, error, slope: float, thresholds) -> list[dict]:
     return rows
 
 
-def test_fitted_rates(delta, error, thresholds) -> dict:
+def in_sample_rates(delta, error, thresholds) -> dict:
     """The paper's reading: slope fitted on the very frames that are scored (in-sample).
 
     The main figure fits on the held-out calibration frames and scores independent test frames,
@@ -94,7 +94,7 @@ def evaluate_sizes(models, valid, test, thresholds, max_members: int) -> dict:
             'rates': rates_along_line(
                 tested['delta_forces'], tested['eps_forces'], fit.slope, thresholds
             ),
-            'test_fit': test_fitted_rates(tested['delta_forces'], tested['eps_forces'], thresholds),
+            'test_fit': in_sample_rates(tested['delta_forces'], tested['eps_forces'], thresholds),
             'test_frames_above': [
                 int(np.sum(tested['eps_forces'] > threshold)) for threshold in thresholds
             ],

@@ -210,7 +210,7 @@ def _columns_from_atoms(
     # concatenated column by column at the end; labels come straight from the results
     # dict of the calculator (what get_potential_energy() etc. would return, minus a copy)
     for index, atoms in enumerate(frames):
-        if type(atoms) is not Atoms and not isinstance(atoms, Atoms):
+        if not isinstance(atoms, Atoms):
             raise TypeError(f'frame {index}: expected ase.Atoms, got {type(atoms).__name__}')
         arrays = atoms.arrays
         info = atoms.info

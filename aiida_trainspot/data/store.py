@@ -132,7 +132,7 @@ def _narrowed(values: np.ndarray) -> np.ndarray:
 
 
 def _dataset(handle: h5py.File, path: str, values: np.ndarray, chunk_rows: int) -> None:
-    """A chunked, LZF-compressed dataset with a Fletcher-32 checksum per chunk.
+    """A chunked, deflated dataset (level 1, byte shuffle, Fletcher-32 but on vlen text).
 
     Text goes in as fixed-length UTF-8 (one read, no per-string heap lookups), or as
     variable-length strings where a few long values would blow the fixed width up.

@@ -68,3 +68,21 @@ def test_selection_caps_seeds_and_rejects_unphysical():
     assert '0' in report['rejected']  # the exploding frame is rejected, not labelled
     assert 0 not in report['selected']
     assert len(first['rejected']) == len(report['rejected'])
+
+
+def test_selection_by_disagreement_takes_the_frames_furthest_above_tau():
+    dataset = evaluated_dataset()
+    outputs = calibrate_committee(dataset, orm.Dict({'energy': 1e-3, 'forces': 0.1}), orm.Dict({}))
+    taus = Calibration.from_dict(outputs['calibration'].get_dict()).thresholds
+    settings = orm.Dict({'max_selected': 10, 'min_displacement': 0.0, 'cap_order': 'disagreement'})
+    first = select_for_labelling(dataset, outputs['calibration'], settings, orm.Int(1))
+    other = select_for_labelling(dataset, outputs['calibration'], settings, orm.Int(2))
+    report = first['report'].get_dict()
+    # the ten trusted candidates with the largest max(δ/τ), whatever the seed
+    delta = {name: dataset.get_column(f'delta_{name}')[0] for name in taus}
+    excess = np.maximum(*(delta[name] / tau for name, tau in taus.items()))
+    rejected = {int(i) for i in report['rejected']}
+    trusted = [i for i in np.argsort(-excess, kind='stable') if i not in rejected]
+    assert sorted(report['selected']) == sorted(int(i) for i in trusted[:10])
+    assert report['selected'] == other['report']['selected']
+    assert report['counts']['candidates'] > 10
