@@ -11,20 +11,26 @@ and all 8 members:
    fitted to), count the criterion δ_F > τ = a·ε_thr against the truth ε_F > ε_thr, for each
    ε_thr of ``--thresholds``: TPR = TP/(TP+FN) and PPV = TP/(TP+FP) "along the fitted line".
 
+Two test sets are scored with the same line. ``in-distribution``: MD at the pool's conditions, the
+hardest case, as the errors of a converging committee crowd around ε_thr. ``exploration``: those
+frames plus MD the training never saw, as an exploration meets them (±8 % strain at 300 and 1300 K,
+2500 K melt): the paper's setting, whose validation frames span the campaign's structures.
+
 For comparison with the paper, which fits and scores the same frames, the JSON also holds the
 rates along the line fitted on the test frames themselves (``test_fit``) and how many test frames
 are truly above each ε_thr. Writes a JSON of every rate, slope and the δ/ε pairs, and a PNG:
 δ vs ε scatter with the fitted line for each committee size (last iteration), and TPR/PPV
-against ε_thr.
+against ε_thr, for each test set.
 
 Usage: python benchmarks/bench_calibration.py [--sizes 10,20,30] [--members 8] [--epochs 30]
-       [--thresholds 0.015,0.02,0.03,0.04,0.05]
+       [--thresholds 0.015,0.02,0.03,0.04,0.05,0.075,0.1]
        [--json out.json] [--png out.png] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import tempfile
@@ -36,6 +42,8 @@ from committee_oracle import SYSTEM, load_committee, md_frames, predict, train_c
 
 TEMPERATURES = (300.0, 800.0, 1300.0, 1800.0)
 COMMITTEE_SIZES = (2, 4, 8)
+#: conditions outside the pool's, met by an exploration: (temperature in K, strain amplitude)
+UNSEEN_CONDITIONS = ((300.0, 0.08), (1300.0, 0.08), (2500.0, 0.03))
 
 
 def rates_along_line(delta, error, slope: float, thresholds) -> list[dict]:
@@ -75,8 +83,23 @@ def in_sample_rates(delta, error, thresholds) -> dict:
     }
 
 
-def evaluate_sizes(models, valid, test, thresholds, max_members: int) -> dict:
-    """Slope, fit quality and rates on the test frames for each committee size."""
+def scored_set(delta, error, slope: float, thresholds) -> dict:
+    """Rates along the calibrated line, along the line fitted in-sample, truth counts, pairs."""
+    return {
+        'rates': rates_along_line(delta, error, slope, thresholds),
+        'test_fit': in_sample_rates(delta, error, thresholds),
+        'frames_above': [int(np.sum(error > threshold)) for threshold in thresholds],
+        'delta_forces': delta.round(6).tolist(),
+        'eps_forces': error.round(6).tolist(),
+    }
+
+
+def evaluate_sizes(models, valid, test, unseen, thresholds, max_members: int) -> dict:
+    """Slope, fit quality and rates on both test sets for each committee size.
+
+    The in-distribution set keeps its historical keys (``rates``, ``test_fit``,
+    ``test_frames_above``, ``test_*_forces``); ``exploration`` adds the unseen conditions.
+    """
     from aiida_trainspot.evaluation.calibration import fit_slope
 
     calculators = load_committee(models)
@@ -84,30 +107,77 @@ def evaluate_sizes(models, valid, test, thresholds, max_members: int) -> dict:
     for size in (s for s in COMMITTEE_SIZES if s <= max_members):
         committee = calculators[:size]
         held_out, tested = predict(committee, valid), predict(committee, test)
+        other = predict(committee, unseen)
         fit = fit_slope(
             held_out['delta_forces'], held_out['eps_forces'], property_name='forces', min_points=2
         )
+        inside = scored_set(tested['delta_forces'], tested['eps_forces'], fit.slope, thresholds)
+        explored = scored_set(
+            np.concatenate([tested['delta_forces'], other['delta_forces']]),
+            np.concatenate([tested['eps_forces'], other['eps_forces']]),
+            fit.slope,
+            thresholds,
+        )
+        explored['force_rmse_unseen'] = float(np.sqrt(np.mean(other['force_errors'] ** 2)))
         out[str(size)] = {
             'slope': float(fit.slope),
             'r2_calibration': float(fit.r2),
             'n_calibration': int(fit.n_points),
-            'rates': rates_along_line(
-                tested['delta_forces'], tested['eps_forces'], fit.slope, thresholds
-            ),
-            'test_fit': in_sample_rates(tested['delta_forces'], tested['eps_forces'], thresholds),
-            'test_frames_above': [
-                int(np.sum(tested['eps_forces'] > threshold)) for threshold in thresholds
-            ],
-            'test_delta_forces': tested['delta_forces'].round(6).tolist(),
-            'test_eps_forces': tested['eps_forces'].round(6).tolist(),
+            'rates': inside['rates'],
+            'test_fit': inside['test_fit'],
+            'test_frames_above': inside['frames_above'],
+            'test_delta_forces': inside['delta_forces'],
+            'test_eps_forces': inside['eps_forces'],
             'test_force_rmse': float(np.sqrt(np.mean(tested['force_errors'] ** 2))),
+            'exploration': explored,
         }
-        rows = out[str(size)]['rates']
-        line = ', '.join(
-            f'ε_thr {r["error_threshold"]}: TPR {r["tpr"]} PPV {r["ppv"]}' for r in rows
-        )
-        print(f'    {size} members: a = {fit.slope:.3f} (R²₀ {fit.r2:.2f}); {line}', flush=True)
+        for name, rows in (
+            ('in-distribution', inside['rates']),
+            ('exploration', explored['rates']),
+        ):
+            line = ', '.join(f'{r["error_threshold"]}: {r["tpr"]}/{r["ppv"]}' for r in rows)
+            print(f'    {size} members, a = {fit.slope:.3f}, {name} TPR/PPV: {line}', flush=True)
     return out
+
+
+#: bands of the fraction of test frames truly above ε_thr (the prevalence of positives)
+PREVALENCE_BANDS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def prevalence_summary(iterations, target: float = 0.8) -> list[dict]:
+    """How often TPR and PPV are both ≥ ``target``, by the fraction of frames truly above ε_thr.
+
+    Pools every iteration, committee size, test set and ε_thr. PPV depends on that fraction: the
+    fewer frames truly above the tolerance, the more a false positive weighs.
+    """
+    cases = []
+    for iteration in iterations:
+        for entry in iteration['committees'].values():
+            for name in ('in-distribution', 'exploration'):
+                view = scores_of_set(entry, name)
+                eps = np.asarray(view['eps_forces'])
+                for row in view['rates']:
+                    both = row['tpr'] is not None and row['ppv'] is not None
+                    both = both and min(row['tpr'], row['ppv']) >= target
+                    cases.append((float(np.mean(eps > row['error_threshold'])), both))
+    summary = []
+    for low, high in itertools.pairwise(PREVALENCE_BANDS):
+        band = [both for fraction, both in cases if low <= fraction < high or fraction == high == 1]
+        summary.append(
+            {'fraction_above': [low, high], 'cases': len(band), 'both_at_target': sum(band)}
+        )
+    return summary
+
+
+def scores_of_set(entry: dict, name: str) -> dict:
+    """δ/ε pairs and rates of one test set of a committee entry (see ``evaluate_sizes``)."""
+    if name == 'exploration':
+        return entry['exploration']
+    return {
+        'rates': entry['rates'],
+        'delta_forces': entry['test_delta_forces'],
+        'eps_forces': entry['test_eps_forces'],
+    }
 
 
 def plot(report, path: Path) -> None:
@@ -115,42 +185,44 @@ def plot(report, path: Path) -> None:
 
     iterations = report['iterations']
     last = iterations[-1]
-    figure = Figure(figsize=(15, 4.4), layout='constrained')
-    axes = figure.subplots(1, 3)
+    figure = Figure(figsize=(15, 8.4), layout='constrained')
     colours = {'2': 'tab:orange', '4': 'tab:green', '8': 'tab:blue'}
-    for size, entry in last['committees'].items():
-        eps = np.asarray(entry['test_eps_forces'])
-        delta = np.asarray(entry['test_delta_forces'])
-        axes[0].scatter(eps, delta, s=10, alpha=0.6, color=colours[size], label=f'{size} members')
-        grid = np.linspace(0, eps.max() * 1.05, 2)
-        axes[0].plot(grid, entry['slope'] * grid, color=colours[size], lw=1.5)
-    axes[0].set_xlabel('true force error ε_F (eV/Å)')
-    axes[0].set_ylabel('committee disagreement δ_F (eV/Å)')
-    axes[0].set_title(f'held-out frames, {last["n_labelled"]} labels; lines: δ = a·ε')
-    axes[0].legend()
-    for axis, key in ((axes[1], 'tpr'), (axes[2], 'ppv')):
-        for size in colours:
-            for index, iteration in enumerate(iterations):
-                entry = iteration['committees'].get(size)
-                if entry is None:
-                    continue
-                rows = entry['rates']
-                axis.plot(
-                    [r['error_threshold'] for r in rows],
-                    [np.nan if r[key] is None else r[key] for r in rows],
-                    marker='o',
-                    color=colours[size],
-                    alpha=0.35 + 0.65 * (index + 1) / len(iterations),
-                    label=f'{size} members, {iteration["n_labelled"]} labels',
-                )
-        axis.axhline(0.8, color='grey', ls='--', lw=1)
-        axis.set_ylim(0, 1.05)
-        axis.set_xlabel('ε_thr (eV/Å), τ = a·ε_thr')
-        axis.set_ylabel(key.upper())
-        axis.grid(alpha=0.3)
-    axes[2].legend(fontsize=7)
+    for axes, name in zip(figure.subplots(2, 3), ('in-distribution', 'exploration'), strict=True):
+        for size, entry in last['committees'].items():
+            view = scores_of_set(entry, name)
+            eps, delta = np.asarray(view['eps_forces']), np.asarray(view['delta_forces'])
+            axes[0].scatter(
+                eps, delta, s=10, alpha=0.6, color=colours[size], label=f'{size} members'
+            )
+            grid = np.linspace(0, eps.max() * 1.05, 2)
+            axes[0].plot(grid, entry['slope'] * grid, color=colours[size], lw=1.5)
+        axes[0].set_xlabel('true force error ε_F (eV/Å)')
+        axes[0].set_ylabel('committee disagreement δ_F (eV/Å)')
+        axes[0].set_title(f'{name} test frames, {last["n_labelled"]} labels; lines: δ = a·ε')
+        axes[0].legend()
+        for axis, key in ((axes[1], 'tpr'), (axes[2], 'ppv')):
+            for size in colours:
+                for index, iteration in enumerate(iterations):
+                    entry = iteration['committees'].get(size)
+                    if entry is None:
+                        continue
+                    rows = scores_of_set(entry, name)['rates']
+                    axis.plot(
+                        [r['error_threshold'] for r in rows],
+                        [np.nan if r[key] is None else r[key] for r in rows],
+                        marker='o',
+                        color=colours[size],
+                        alpha=0.35 + 0.65 * (index + 1) / len(iterations),
+                        label=f'{size} members, {iteration["n_labelled"]} labels',
+                    )
+            axis.axhline(0.8, color='grey', ls='--', lw=1)
+            axis.set_ylim(0, 1.05)
+            axis.set_xlabel('ε_thr (eV/Å), τ = a·ε_thr')
+            axis.set_ylabel(f'{key.upper()} ({name})')
+            axis.grid(alpha=0.3)
+        axes[2].legend(fontsize=6)
     figure.suptitle('Calibration quality on EMT Cu (tiny MACE committees)')
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -159,7 +231,9 @@ def main() -> None:
     parser.add_argument('--members', type=int, default=8)
     parser.add_argument('--channels', type=int, default=8)
     parser.add_argument('--epochs', type=int, default=30)
-    parser.add_argument('--thresholds', default='0.015,0.02,0.03,0.04,0.05', help='ε_thr, eV/Å')
+    parser.add_argument(
+        '--thresholds', default='0.015,0.02,0.03,0.04,0.05,0.075,0.1', help='ε_thr, eV/Å'
+    )
     parser.add_argument('--pool', type=int, default=24, help='pool frames per cell and T')
     parser.add_argument('--test', type=int, default=12, help='test frames per cell and T')
     parser.add_argument('--seed', type=int, default=0)
@@ -174,10 +248,17 @@ def main() -> None:
     start = time.perf_counter()
     pool = md_frames(21 + args.seed, [(t, args.pool) for t in TEMPERATURES])
     test = md_frames(22 + args.seed, [(t, args.test) for t in TEMPERATURES])
+    unseen = [
+        frame
+        for index, (temperature, strain) in enumerate(UNSEEN_CONDITIONS)
+        for frame in md_frames(
+            23 + 10 * args.seed + index, [(temperature, args.test)], strain=strain
+        )
+    ]
     if max(sizes) > len(pool):
         parser.error(f'--sizes asks for {max(sizes)} labelled frames; the pool has {len(pool)}')
     order = np.random.default_rng(args.seed).permutation(len(pool))
-    print(f'pool {len(pool)} frames, test {len(test)} frames')
+    print(f'pool {len(pool)} frames, test {len(test)} + {len(unseen)} unseen frames')
     iterations = []
     root = Path(tempfile.mkdtemp(prefix='trainspot-calibration-'))
     try:
@@ -195,7 +276,9 @@ def main() -> None:
                     'iteration': index,
                     'n_labelled': size,
                     'n_calibration': n_valid,
-                    'committees': evaluate_sizes(models, valid, test, thresholds, args.members),
+                    'committees': evaluate_sizes(
+                        models, valid, test, unseen, thresholds, args.members
+                    ),
                 }
             )
     finally:
@@ -204,10 +287,21 @@ def main() -> None:
         'system': SYSTEM,
         'pool_frames': len(pool),
         'test_frames': len(test),
+        'unseen_frames': len(unseen),
+        'unseen_conditions': [
+            {'temperature': t, 'strain_amplitude': a} for t, a in UNSEEN_CONDITIONS
+        ],
         'settings': vars(args),
         'seconds': round(time.perf_counter() - start, 1),
         'iterations': iterations,
+        'by_fraction_above': prevalence_summary(iterations),
     }
+    for band in report['by_fraction_above']:
+        low, high = band['fraction_above']
+        print(
+            f'  {low:.2f}-{high:.2f} of test frames above ε_thr: TPR and PPV ≥ 0.8 in '
+            f'{band["both_at_target"]} of {band["cases"]} cases'
+        )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
     plot(report, Path(args.png))

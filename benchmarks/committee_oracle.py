@@ -33,12 +33,14 @@ BIN = Path(sys.executable).parent
 SYSTEM = 'EMT Cu, 31-32 atoms, Langevin MD 300-1800 K, +-3 % strain'
 
 
-def md_frames(seed: int, plan: Sequence[tuple[float, int]], interval: int = 10) -> list:
+def md_frames(
+    seed: int, plan: Sequence[tuple[float, int]], interval: int = 10, strain: float = 0.03
+) -> list:
     """EMT-labelled frames from Langevin MD of Cu bulk and vacancy cells (2x2x2 conventional).
 
     :param plan: ``(temperature in K, frames per cell)`` pairs; each temperature runs one bulk
-        and one vacancy cell, each strained by a random ±3 %, thermalised for 200 steps, then
-        sampled every ``interval`` steps of 2 fs.
+        and one vacancy cell, each strained by a random ±``strain`` (3 % by default),
+        thermalised for 200 steps, then sampled every ``interval`` steps of 2 fs.
     """
     from ase import units
     from ase.build import bulk
@@ -54,8 +56,8 @@ def md_frames(seed: int, plan: Sequence[tuple[float, int]], interval: int = 10) 
             atoms = bulk('Cu', 'fcc', a=3.61, cubic=True).repeat(2)
             if vacancy:
                 del atoms[int(rng.integers(len(atoms)))]
-            strain = 1.0 + rng.uniform(-0.03, 0.03)
-            atoms.set_cell(atoms.cell * strain, scale_atoms=True)
+            scale = 1.0 + rng.uniform(-strain, strain)
+            atoms.set_cell(atoms.cell * scale, scale_atoms=True)
             atoms.calc = EMT()
             MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
             dynamics = Langevin(
@@ -72,6 +74,7 @@ def md_frames(seed: int, plan: Sequence[tuple[float, int]], interval: int = 10) 
                     stress=atoms.get_stress(),
                 )
                 frame.info['temperature'] = float(temperature)
+                frame.info['strain'] = float(scale - 1.0)
                 frames.append(frame)
     return frames
 

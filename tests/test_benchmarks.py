@@ -119,6 +119,19 @@ def test_calibration_benchmark_smoke(tmp_path):
         report['settings']['thresholds'].split(','), committee['test_frames_above'], strict=True
     ):
         assert above == sum(e > float(threshold) for e in eps)
+    # the exploration set is the in-distribution frames plus the unseen conditions' frames
+    explored = committee['exploration']
+    n_explored = report['test_frames'] + report['unseen_frames']
+    assert report['unseen_frames'] > 0
+    assert explored['eps_forces'][: report['test_frames']] == eps
+    assert len(explored['delta_forces']) == n_explored
+    for row in explored['rates']:
+        assert row['tp'] + row['fp'] + row['fn'] + row['tn'] == n_explored
+    # every (test set, ε_thr) case of the one committee falls in exactly one band
+    bands = report['by_fraction_above']
+    n_thresholds = len(report['settings']['thresholds'].split(','))
+    assert sum(band['cases'] for band in bands) == 2 * n_thresholds
+    assert all(0 <= band['both_at_target'] <= band['cases'] for band in bands)
     assert_png(tmp_path / 'c.png')
 
 
