@@ -23,6 +23,7 @@ are truly above each ε_thr. Writes a JSON of every rate, slope and the δ/ε pa
 against ε_thr, for each test set.
 
 Usage: python benchmarks/bench_calibration.py [--sizes 10,20,30] [--members 8] [--epochs 30]
+       [--channels 8] [--pool 24] [--test 12] [--seed 0]
        [--thresholds 0.015,0.02,0.03,0.04,0.05,0.075,0.1]
        [--json out.json] [--png out.png] [--smoke]
 """

@@ -74,7 +74,6 @@ def md_frames(
                     stress=atoms.get_stress(),
                 )
                 frame.info['temperature'] = float(temperature)
-                frame.info['strain'] = float(scale - 1.0)
                 frames.append(frame)
     return frames
 
