@@ -18,12 +18,14 @@ frames plus MD the training never saw, as an exploration meets them (±8 % strai
 
 For comparison with the paper, which fits and scores the same frames, the JSON also holds the
 rates along the line fitted on the test frames themselves (``test_fit``) and how many test frames
-are truly above each ε_thr. Writes a JSON of every rate, slope and the δ/ε pairs, and a PNG:
-δ vs ε scatter with the fitted line for each committee size (last iteration), and TPR/PPV
-against ε_thr, for each test set.
+are truly above each ε_thr, the rates of the package's other fitting methods on the same
+calibration frames (``methods``), and the ``ceiling``: the best threshold on δ chosen with
+hindsight on the scored frames, which bounds what any calibration could reach. Writes a JSON
+of every rate, slope and the δ/ε pairs, and a PNG: δ vs ε scatter with the fitted line for each
+committee size (last iteration), and TPR/PPV against ε_thr, for each test set.
 
 Usage: python benchmarks/bench_calibration.py [--sizes 10,20,30] [--members 8] [--epochs 30]
-       [--channels 8] [--pool 24] [--test 12] [--seed 0]
+       [--channels 8] [--subsample F] [--extra-calibration 0] [--pool 24] [--test 12] [--seed 0]
        [--thresholds 0.015,0.02,0.03,0.04,0.05,0.075,0.1]
        [--json out.json] [--png out.png] [--smoke]
 """
@@ -84,11 +86,41 @@ def in_sample_rates(delta, error, thresholds) -> dict:
     }
 
 
+def best_threshold(delta, error, error_threshold: float) -> dict | None:
+    """The ceiling of any calibration: the τ that maximises min(TPR, PPV) on these very frames.
+
+    Scans every observed δ as τ (criterion δ ≥ τ, ties in δ taken together). No slope fitted
+    elsewhere can beat it, so where its min(TPR, PPV) is below a target the committee's
+    disagreement itself does not rank the frames well enough. None without actual positives.
+    """
+    delta, error = np.asarray(delta, dtype=float), np.asarray(error, dtype=float)
+    positive = error > error_threshold
+    if not positive.any():
+        return None
+    order = np.argsort(-delta, kind='stable')
+    true_positives = np.cumsum(positive[order])
+    flagged = np.arange(1, delta.size + 1)
+    # a cut is only possible after the last frame of a run of equal δ
+    cuts = np.flatnonzero(np.append(np.diff(delta[order]) != 0, True))
+    tpr = true_positives[cuts] / positive.sum()
+    ppv = true_positives[cuts] / flagged[cuts]
+    best = int(np.argmax(np.minimum(tpr, ppv)))
+    tau = float(delta[order][cuts[best]])
+    return {
+        'error_threshold': float(error_threshold),
+        'tau': tau,
+        'tau_over_threshold': tau / float(error_threshold),
+        'tpr': float(tpr[best]),
+        'ppv': float(ppv[best]),
+    }
+
+
 def scored_set(delta, error, slope: float, thresholds) -> dict:
-    """Rates along the calibrated line, along the line fitted in-sample, truth counts, pairs."""
+    """Rates along the calibrated line, along the line fitted in-sample, the ceiling, pairs."""
     return {
         'rates': rates_along_line(delta, error, slope, thresholds),
         'test_fit': in_sample_rates(delta, error, thresholds),
+        'ceiling': [best_threshold(delta, error, threshold) for threshold in thresholds],
         'frames_above': [int(np.sum(error > threshold)) for threshold in thresholds],
         'delta_forces': delta.round(6).tolist(),
         'eps_forces': error.round(6).tolist(),
@@ -101,7 +133,7 @@ def evaluate_sizes(models, valid, test, unseen, thresholds, max_members: int) ->
     The in-distribution set keeps its historical keys (``rates``, ``test_fit``,
     ``test_frames_above``, ``test_*_forces``); ``exploration`` adds the unseen conditions.
     """
-    from aiida_trainspot.evaluation.calibration import fit_slope
+    from aiida_trainspot.evaluation.calibration import METHODS, fit_slope
 
     calculators = load_committee(models)
     out = {}
@@ -109,23 +141,43 @@ def evaluate_sizes(models, valid, test, unseen, thresholds, max_members: int) ->
         committee = calculators[:size]
         held_out, tested = predict(committee, valid), predict(committee, test)
         other = predict(committee, unseen)
-        fit = fit_slope(
-            held_out['delta_forces'], held_out['eps_forces'], property_name='forces', min_points=2
-        )
+        fits = {
+            method: fit_slope(
+                held_out['delta_forces'],
+                held_out['eps_forces'],
+                method=method,
+                property_name='forces',
+                min_points=2,
+            )
+            for method in METHODS
+        }
+        fit = fits['least_squares']
+        explored_delta = np.concatenate([tested['delta_forces'], other['delta_forces']])
+        explored_eps = np.concatenate([tested['eps_forces'], other['eps_forces']])
         inside = scored_set(tested['delta_forces'], tested['eps_forces'], fit.slope, thresholds)
-        explored = scored_set(
-            np.concatenate([tested['delta_forces'], other['delta_forces']]),
-            np.concatenate([tested['eps_forces'], other['eps_forces']]),
-            fit.slope,
-            thresholds,
-        )
+        explored = scored_set(explored_delta, explored_eps, fit.slope, thresholds)
         explored['force_rmse_unseen'] = float(np.sqrt(np.mean(other['force_errors'] ** 2)))
         out[str(size)] = {
             'slope': float(fit.slope),
             'r2_calibration': float(fit.r2),
             'n_calibration': int(fit.n_points),
+            'calibration_delta_forces': held_out['delta_forces'].round(6).tolist(),
+            'calibration_eps_forces': held_out['eps_forces'].round(6).tolist(),
+            'methods': {
+                method: {
+                    'slope': float(other_fit.slope),
+                    'in-distribution': rates_along_line(
+                        tested['delta_forces'], tested['eps_forces'], other_fit.slope, thresholds
+                    ),
+                    'exploration': rates_along_line(
+                        explored_delta, explored_eps, other_fit.slope, thresholds
+                    ),
+                }
+                for method, other_fit in fits.items()
+            },
             'rates': inside['rates'],
             'test_fit': inside['test_fit'],
+            'test_ceiling': inside['ceiling'],
             'test_frames_above': inside['frames_above'],
             'test_delta_forces': inside['delta_forces'],
             'test_eps_forces': inside['eps_forces'],
@@ -145,22 +197,39 @@ def evaluate_sizes(models, valid, test, unseen, thresholds, max_members: int) ->
 PREVALENCE_BANDS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
-def prevalence_summary(iterations, target: float = 0.8) -> list[dict]:
+#: what the summaries compare: the package's fitting methods, and the best threshold
+CRITERIA = ('least_squares', 'median_ratio', 'huber', 'ceiling')
+
+
+def criterion_rows(entry: dict, name: str, criterion: str) -> list:
+    """Rate rows of one test set for a fitting method or ``'ceiling'`` (None: no positives)."""
+    if criterion == 'ceiling':
+        return scores_of_set(entry, name)['ceiling']
+    if criterion == 'least_squares' or 'methods' not in entry:
+        return scores_of_set(entry, name)['rates']
+    return entry['methods'][criterion][name]
+
+
+def prevalence_summary(
+    iterations, target: float = 0.8, criterion: str = 'least_squares'
+) -> list[dict]:
     """How often TPR and PPV are both ≥ ``target``, by the fraction of frames truly above ε_thr.
 
     Pools every iteration, committee size, test set and ε_thr. PPV depends on that fraction: the
-    fewer frames truly above the tolerance, the more a false positive weighs.
+    fewer frames truly above the tolerance, the more a false positive weighs. ``criterion`` picks
+    the slope's fitting method or the best threshold (see :data:`CRITERIA`).
     """
     cases = []
     for iteration in iterations:
         for entry in iteration['committees'].values():
             for name in ('in-distribution', 'exploration'):
-                view = scores_of_set(entry, name)
-                eps = np.asarray(view['eps_forces'])
-                for row in view['rates']:
-                    both = row['tpr'] is not None and row['ppv'] is not None
+                eps = np.asarray(scores_of_set(entry, name)['eps_forces'])
+                rows = criterion_rows(entry, name, criterion)
+                thresholds = [r['error_threshold'] for r in scores_of_set(entry, name)['rates']]
+                for threshold, row in zip(thresholds, rows, strict=True):
+                    both = row is not None and row['tpr'] is not None and row['ppv'] is not None
                     both = both and min(row['tpr'], row['ppv']) >= target
-                    cases.append((float(np.mean(eps > row['error_threshold'])), both))
+                    cases.append((float(np.mean(eps > threshold)), both))
     summary = []
     for low, high in itertools.pairwise(PREVALENCE_BANDS):
         band = [both for fraction, both in cases if low <= fraction < high or fraction == high == 1]
@@ -171,11 +240,12 @@ def prevalence_summary(iterations, target: float = 0.8) -> list[dict]:
 
 
 def scores_of_set(entry: dict, name: str) -> dict:
-    """δ/ε pairs and rates of one test set of a committee entry (see ``evaluate_sizes``)."""
+    """δ/ε pairs, rates and ceiling of one test set of a committee entry (``evaluate_sizes``)."""
     if name == 'exploration':
         return entry['exploration']
     return {
         'rates': entry['rates'],
+        'ceiling': entry.get('test_ceiling'),
         'delta_forces': entry['test_delta_forces'],
         'eps_forces': entry['test_eps_forces'],
     }
@@ -233,7 +303,19 @@ def main() -> None:
     parser.add_argument('--channels', type=int, default=8)
     parser.add_argument('--epochs', type=int, default=30)
     parser.add_argument(
+        '--subsample',
+        type=float,
+        default=None,
+        help='each member trains on its own random fraction of the training frames (bagging)',
+    )
+    parser.add_argument(
         '--thresholds', default='0.015,0.02,0.03,0.04,0.05,0.075,0.1', help='ε_thr, eV/Å'
+    )
+    parser.add_argument(
+        '--extra-calibration',
+        type=int,
+        default=0,
+        help='labelled pool frames, never trained on, added to the calibration fit',
     )
     parser.add_argument('--pool', type=int, default=24, help='pool frames per cell and T')
     parser.add_argument('--test', type=int, default=12, help='test frames per cell and T')
@@ -256,9 +338,14 @@ def main() -> None:
             23 + 10 * args.seed + index, [(temperature, args.test)], strain=strain
         )
     ]
-    if max(sizes) > len(pool):
-        parser.error(f'--sizes asks for {max(sizes)} labelled frames; the pool has {len(pool)}')
     order = np.random.default_rng(args.seed).permutation(len(pool))
+    if max(sizes) + args.extra_calibration > len(pool):
+        parser.error(
+            f'--sizes and --extra-calibration ask for {max(sizes) + args.extra_calibration} '
+            f'pool frames; the pool has {len(pool)}'
+        )
+    # never trained on in any iteration: the end of the permutation
+    extra = [pool[i] for i in order[len(pool) - args.extra_calibration :]]
     print(f'pool {len(pool)} frames, test {len(test)} + {len(unseen)} unseen frames')
     iterations = []
     root = Path(tempfile.mkdtemp(prefix='trainspot-calibration-'))
@@ -267,18 +354,28 @@ def main() -> None:
             labelled = [pool[i] for i in order[:size]]
             n_valid = max(2, size // 5)
             valid, train = labelled[:n_valid], labelled[n_valid:]
-            print(f'  iteration {index}: {size} labelled ({len(train)} train, {n_valid} held out)')
+            calibration = valid + extra
+            print(
+                f'  iteration {index}: {size} labelled ({len(train)} train, {n_valid} held out'
+                f' + {len(extra)} extra for the calibration)'
+            )
             seeds = [100 * args.seed + 10 * index + m for m in range(args.members)]
             models = train_committee(
-                train, valid, root / f'it{index}', seeds, args.epochs, channels=args.channels
+                train,
+                valid,
+                root / f'it{index}',
+                seeds,
+                args.epochs,
+                channels=args.channels,
+                subsample=args.subsample,
             )
             iterations.append(
                 {
                     'iteration': index,
                     'n_labelled': size,
-                    'n_calibration': n_valid,
+                    'n_calibration': len(calibration),
                     'committees': evaluate_sizes(
-                        models, valid, test, unseen, thresholds, args.members
+                        models, calibration, test, unseen, thresholds, args.members
                     ),
                 }
             )
@@ -296,13 +393,19 @@ def main() -> None:
         'seconds': round(time.perf_counter() - start, 1),
         'iterations': iterations,
         'by_fraction_above': prevalence_summary(iterations),
+        'by_fraction_above_per_criterion': {
+            criterion: prevalence_summary(iterations, criterion=criterion) for criterion in CRITERIA
+        },
     }
-    for band in report['by_fraction_above']:
+    print('cases with TPR and PPV both >= 0.8, by fraction of test frames above ε_thr:')
+    print('  fraction   ' + ' '.join(f'{c:>13}' for c in CRITERIA))
+    per_criterion = report['by_fraction_above_per_criterion']
+    for index, band in enumerate(report['by_fraction_above']):
         low, high = band['fraction_above']
-        print(
-            f'  {low:.2f}-{high:.2f} of test frames above ε_thr: TPR and PPV ≥ 0.8 in '
-            f'{band["both_at_target"]} of {band["cases"]} cases'
-        )
+        counts = [per_criterion[c][index]['both_at_target'] for c in CRITERIA]
+        cells = [f'{n} of {band["cases"]}' for n in counts]
+        line = ' '.join(f'{cell:>13}' for cell in cells)
+        print(f'  {low:.2f}-{high:.2f}  {line}')
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
     plot(report, Path(args.png))

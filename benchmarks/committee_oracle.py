@@ -78,15 +78,42 @@ def md_frames(
     return frames
 
 
+def member_training_sets(train, seeds: Sequence[int], subsample: float | None) -> list:
+    """Each member's training frames: all of them, or its own seeded random ``subsample`` fraction.
+
+    Subsampling (bagging) makes the members differ in data as well as in initial weights, so that
+    they disagree more where the data are thin (Imbalzano et al., J. Chem. Phys. 154, 074102).
+    """
+    if subsample is None:
+        return [list(train) for _ in seeds]
+    if not 0.0 < subsample <= 1.0:
+        raise ValueError(f'subsample must lie in (0, 1], got {subsample}')
+    size = max(1, round(subsample * len(train)))
+    return [
+        [train[i] for i in sorted(np.random.default_rng(seed).choice(len(train), size, False))]
+        for seed in seeds
+    ]
+
+
 def train_committee(
-    train, valid, folder: Path, seeds: Sequence[int], epochs: int, channels: int = 8
+    train,
+    valid,
+    folder: Path,
+    seeds: Sequence[int],
+    epochs: int,
+    channels: int = 8,
+    subsample: float | None = None,
 ) -> list[Path]:
-    """Train one tiny MACE model per seed, two at a time (2 cores); return the model files."""
+    """Train one tiny MACE model per seed, two at a time (2 cores); return the model files.
+
+    :param subsample: when given, each member trains on its own random fraction of ``train``
+        (see :func:`member_training_sets`); all members share ``valid``.
+    """
     from aiida_trainspot.data.convert import write_labelled_extxyz
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_labelled_extxyz(train, folder / 'train.xyz')
     write_labelled_extxyz(valid, folder / 'valid.xyz')
+    member_sets = dict(zip(seeds, member_training_sets(train, seeds, subsample), strict=True))
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     pending = list(seeds)
     running: list[tuple[subprocess.Popen, Path]] = []
@@ -96,9 +123,10 @@ def train_committee(
             seed = pending.pop(0)
             work = folder / f'member-{seed}'
             work.mkdir(exist_ok=True)
+            write_labelled_extxyz(member_sets[seed], work / 'train.xyz')
             command = [str(BIN / 'mace_run_train'), '--name', 'm', *MACE_ARGS]
             command += ['--num_channels', str(channels)]
-            command += ['--train_file', '../train.xyz', '--valid_file', '../valid.xyz']
+            command += ['--train_file', 'train.xyz', '--valid_file', '../valid.xyz']
             command += ['--seed', str(seed), '--max_num_epochs', str(epochs)]
             command += ['--patience', str(epochs)]
             log = open(work / 'log', 'w')  # noqa: SIM115 - closed when the process ends

@@ -132,7 +132,39 @@ def test_calibration_benchmark_smoke(tmp_path):
     n_thresholds = len(report['settings']['thresholds'].split(','))
     assert sum(band['cases'] for band in bands) == 2 * n_thresholds
     assert all(0 <= band['both_at_target'] <= band['cases'] for band in bands)
+    # every fitting method is scored on the same frames; none beats the best threshold
+    per_criterion = report['by_fraction_above_per_criterion']
+    assert per_criterion['least_squares'] == bands
+    assert committee['methods']['least_squares']['slope'] == committee['slope']
+    assert len(committee['calibration_eps_forces']) == iteration['n_calibration']
+    for criterion in ('median_ratio', 'huber'):
+        assert committee['methods'][criterion]['slope'] > 0
+        for index, band in enumerate(per_criterion[criterion]):
+            assert band['both_at_target'] <= per_criterion['ceiling'][index]['both_at_target']
     assert_png(tmp_path / 'c.png')
+
+
+def test_best_threshold_is_the_ceiling_of_any_slope():
+    from bench_calibration import best_threshold, rates_along_line
+
+    rng = np.random.default_rng(3)
+    error = rng.uniform(0.0, 0.1, 60)
+    delta = 0.4 * error * rng.lognormal(0.0, 0.4, 60)
+    best = best_threshold(delta, error, 0.05)
+    assert 0 < best['tpr'] <= 1 and 0 < best['ppv'] <= 1
+    assert best['tau_over_threshold'] == pytest.approx(best['tau'] / 0.05)
+    # no slope does better on the same frames than the best threshold
+    slopes = np.linspace(0.05, 1.5, 60)
+    achieved = [
+        min(r['tpr'] or 0, r['ppv'] or 0)
+        for slope in slopes
+        for r in rates_along_line(delta, error, slope, [0.05])
+    ]
+    assert max(achieved) <= min(best['tpr'], best['ppv']) + 1e-12
+    # ties in δ are flagged together; no actual positive: no ceiling
+    tied = best_threshold([0.1, 0.1, 0.05], [0.01, 0.05, 0.0], 0.03)
+    assert (tied['tpr'], tied['ppv']) == (1.0, 0.5)
+    assert best_threshold([0.1, 0.2], [0.01, 0.02], 0.03) is None
 
 
 def test_calibrated_top_takes_the_candidates_furthest_above_tau():
