@@ -25,7 +25,8 @@ of every rate, slope and the δ/ε pairs, and a PNG: δ vs ε scatter with the f
 committee size (last iteration), and TPR/PPV against ε_thr, for each test set.
 
 Usage: python benchmarks/bench_calibration.py [--sizes 10,20,30] [--members 8] [--epochs 30]
-       [--channels 8] [--subsample F] [--extra-calibration 0] [--pool 24] [--test 12] [--seed 0]
+       [--channels 8] [--subsample F] [--extra-calibration 0] [--fit-on held-out|labelled]
+       [--pool 24] [--test 12] [--seed 0]
        [--thresholds 0.015,0.02,0.03,0.04,0.05,0.075,0.1]
        [--json out.json] [--png out.png] [--smoke]
 """
@@ -127,11 +128,12 @@ def scored_set(delta, error, slope: float, thresholds) -> dict:
     }
 
 
-def evaluate_sizes(models, valid, test, unseen, thresholds, max_members: int) -> dict:
+def evaluate_sizes(models, calibration, test, unseen, thresholds, max_members: int) -> dict:
     """Slope, fit quality and rates on both test sets for each committee size.
 
-    The in-distribution set keeps its historical keys (``rates``, ``test_fit``,
-    ``test_frames_above``, ``test_*_forces``); ``exploration`` adds the unseen conditions.
+    Each fitting method's slope comes from the ``calibration`` frames. The in-distribution set
+    keeps its historical keys (``rates``, ``test_fit``, ``test_frames_above``,
+    ``test_*_forces``); ``exploration`` adds the unseen conditions.
     """
     from aiida_trainspot.evaluation.calibration import METHODS, fit_slope
 
@@ -139,7 +141,7 @@ def evaluate_sizes(models, valid, test, unseen, thresholds, max_members: int) ->
     out = {}
     for size in (s for s in COMMITTEE_SIZES if s <= max_members):
         committee = calculators[:size]
-        held_out, tested = predict(committee, valid), predict(committee, test)
+        held_out, tested = predict(committee, calibration), predict(committee, test)
         other = predict(committee, unseen)
         fits = {
             method: fit_slope(
@@ -317,6 +319,13 @@ def main() -> None:
         default=0,
         help='labelled pool frames, never trained on, added to the calibration fit',
     )
+    parser.add_argument(
+        '--fit-on',
+        choices=('held-out', 'labelled'),
+        default='held-out',
+        help='frames of the calibration fit: the held-out fifth (the package default: validation '
+        "and test splits) or every labelled frame, training frames included (the paper's)",
+    )
     parser.add_argument('--pool', type=int, default=24, help='pool frames per cell and T')
     parser.add_argument('--test', type=int, default=12, help='test frames per cell and T')
     parser.add_argument('--seed', type=int, default=0)
@@ -354,10 +363,11 @@ def main() -> None:
             labelled = [pool[i] for i in order[:size]]
             n_valid = max(2, size // 5)
             valid, train = labelled[:n_valid], labelled[n_valid:]
-            calibration = valid + extra
+            fitted = labelled if args.fit_on == 'labelled' else valid
+            calibration = fitted + extra
             print(
-                f'  iteration {index}: {size} labelled ({len(train)} train, {n_valid} held out'
-                f' + {len(extra)} extra for the calibration)'
+                f'  iteration {index}: {size} labelled ({len(train)} train, {n_valid} held out);'
+                f' calibration on {len(fitted)} {args.fit_on} + {len(extra)} extra frames'
             )
             seeds = [100 * args.seed + 10 * index + m for m in range(args.members)]
             models = train_committee(

@@ -96,15 +96,23 @@ def test_evaluation_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_calibration_benchmark_smoke(tmp_path):
+@pytest.mark.parametrize(
+    ('options', 'n_calibration'),
+    [((), 2), (('--fit-on', 'labelled', '--extra-calibration', '3'), 6 + 3)],
+    ids=['held-out', 'labelled-and-extra'],
+)
+def test_calibration_benchmark_smoke(tmp_path, options, n_calibration):
     run_script(
         'bench_calibration.py',
         '--smoke',
+        *options,
         *('--json', str(tmp_path / 'c.json'), '--png', str(tmp_path / 'c.png')),
         cwd=tmp_path,
     )
     report = json.loads((tmp_path / 'c.json').read_text())
     (iteration,) = report['iterations']
+    # the slope is fitted on the held-out fifth, or on every labelled frame plus the extra ones
+    assert iteration['n_calibration'] == n_calibration
     committee = iteration['committees']['2']
     assert committee['slope'] > 0
     assert len(committee['test_delta_forces']) == report['test_frames']
