@@ -6,7 +6,8 @@ random subsets of the pool: one "iteration" each), train 8 tiny MACE members. Fo
 and all 8 members:
 
 1. fit the slope a of δ_F ≈ a·ε_F (least squares through the origin, the package's default) on
-   the labelled frames held out of training (a fifth of the labelled set: the calibration set);
+   the labelled frames held out of training (a fifth of the labelled set: the calibration set;
+   ``--fit-on labelled`` and ``--extra-calibration`` change it);
 2. on independent held-out labelled frames (MD at the same temperatures, never trained on or
    fitted to), count the criterion δ_F > τ = a·ε_thr against the truth ε_F > ε_thr, for each
    ε_thr of ``--thresholds``: TPR = TP/(TP+FN) and PPV = TP/(TP+FP) "along the fitted line".
@@ -207,7 +208,7 @@ def criterion_rows(entry: dict, name: str, criterion: str) -> list:
     """Rate rows of one test set for a fitting method or ``'ceiling'`` (None: no positives)."""
     if criterion == 'ceiling':
         return scores_of_set(entry, name)['ceiling']
-    if criterion == 'least_squares' or 'methods' not in entry:
+    if criterion == 'least_squares':
         return scores_of_set(entry, name)['rates']
     return entry['methods'][criterion][name]
 
@@ -225,9 +226,10 @@ def prevalence_summary(
     for iteration in iterations:
         for entry in iteration['committees'].values():
             for name in ('in-distribution', 'exploration'):
-                eps = np.asarray(scores_of_set(entry, name)['eps_forces'])
+                view = scores_of_set(entry, name)
+                eps = np.asarray(view['eps_forces'])
                 rows = criterion_rows(entry, name, criterion)
-                thresholds = [r['error_threshold'] for r in scores_of_set(entry, name)['rates']]
+                thresholds = [r['error_threshold'] for r in view['rates']]
                 for threshold, row in zip(thresholds, rows, strict=True):
                     both = row is not None and row['tpr'] is not None and row['ppv'] is not None
                     both = both and min(row['tpr'], row['ppv']) >= target
@@ -247,7 +249,7 @@ def scores_of_set(entry: dict, name: str) -> dict:
         return entry['exploration']
     return {
         'rates': entry['rates'],
-        'ceiling': entry.get('test_ceiling'),
+        'ceiling': entry['test_ceiling'],
         'delta_forces': entry['test_delta_forces'],
         'eps_forces': entry['test_eps_forces'],
     }
@@ -337,6 +339,10 @@ def main() -> None:
         args.sizes, args.members, args.epochs, args.pool, args.test = '6', 2, 3, 3, 2
     sizes = [int(s) for s in args.sizes.split(',')]
     thresholds = [float(t) for t in args.thresholds.split(',')]
+    if args.subsample is not None and not 0.0 < args.subsample <= 1.0:
+        parser.error(f'--subsample must lie in (0, 1], got {args.subsample}')
+    if args.extra_calibration < 0:
+        parser.error(f'--extra-calibration must be 0 or more, got {args.extra_calibration}')
     start = time.perf_counter()
     pool = md_frames(21 + args.seed, [(t, args.pool) for t in TEMPERATURES])
     test = md_frames(22 + args.seed, [(t, args.test) for t in TEMPERATURES])

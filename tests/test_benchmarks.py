@@ -175,6 +175,37 @@ def test_best_threshold_is_the_ceiling_of_any_slope():
     assert best_threshold([0.1, 0.2], [0.01, 0.02], 0.03) is None
 
 
+def test_member_training_sets_are_seeded_subsamples():
+    from committee_oracle import member_training_sets
+
+    train = list(range(20))
+    assert member_training_sets(train, [1, 2], None) == [train, train]
+    first, second = member_training_sets(train, [1, 2], 0.7)
+    assert len(first) == len(second) == 14
+    assert set(first) <= set(train) and len(set(first)) == 14  # drawn without replacement
+    assert first != second  # members differ in data
+    assert member_training_sets(train, [1, 2], 0.7) == [first, second]  # same seeds, same sets
+    with pytest.raises(ValueError, match='subsample must lie in'):
+        member_training_sets(train, [1], 1.5)
+
+
+def test_calibration_benchmark_rejects_bad_options(tmp_path):
+    for option, message in (
+        (('--subsample', '0'), '--subsample must lie in'),
+        (('--extra-calibration', '-1'), '--extra-calibration must be 0 or more'),
+    ):
+        result = subprocess.run(
+            [sys.executable, str(BENCHMARKS / 'bench_calibration.py'), '--smoke', *option],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert message in result.stderr
+
+
 def test_calibrated_top_takes_the_candidates_furthest_above_tau():
     from bench_label_efficiency import choose
 
