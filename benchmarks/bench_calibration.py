@@ -26,7 +26,8 @@ of every rate, slope and the δ/ε pairs, and a PNG: δ vs ε scatter with the f
 committee size (last iteration), and TPR/PPV against ε_thr, for each test set.
 
 Usage: python benchmarks/bench_calibration.py [--sizes 10,20,30] [--members 8] [--epochs 30]
-       [--channels 8] [--subsample F] [--extra-calibration 0] [--fit-on held-out|labelled]
+       [--channels 8] [--vary-architecture] [--subsample F] [--extra-calibration 0]
+       [--fit-on held-out|labelled]
        [--pool 24] [--test 12] [--seed 0]
        [--thresholds 0.015,0.02,0.03,0.04,0.05,0.075,0.1]
        [--json out.json] [--png out.png] [--smoke]
@@ -313,6 +314,11 @@ def main() -> None:
         help='each member trains on its own random fraction of the training frames (bagging)',
     )
     parser.add_argument(
+        '--vary-architecture',
+        action='store_true',
+        help='members differ in radial cutoff (3.5-5 Å) and width (a heterogeneous committee)',
+    )
+    parser.add_argument(
         '--thresholds', default='0.015,0.02,0.03,0.04,0.05,0.075,0.1', help='ε_thr, eV/Å'
     )
     parser.add_argument(
@@ -384,6 +390,7 @@ def main() -> None:
                 args.epochs,
                 channels=args.channels,
                 subsample=args.subsample,
+                vary_architecture=args.vary_architecture,
             )
             iterations.append(
                 {

@@ -23,7 +23,7 @@ import numpy as np
 #: frames on one core. Trained in float32 (twice as fast on a CPU), evaluated in float64; the
 #: energy weight is raised from MACE's 1 to 10 so that short trainings also fit the energies.
 MACE_ARGS = [
-    '--model', 'MACE', '--max_L', '0', '--r_max', '4.0',
+    '--model', 'MACE', '--max_L', '0',
     '--num_interactions', '2', '--correlation', '2', '--E0s', 'average', '--batch_size', '4',
     '--device', 'cpu', '--default_dtype', 'float32', '--energy_weight', '10',
     '--energy_key', 'REF_energy', '--forces_key', 'REF_forces', '--stress_key', 'REF_stress',
@@ -95,6 +95,27 @@ def member_training_sets(train, seeds: Sequence[int], subsample: float | None) -
     ]
 
 
+#: Radial cutoffs (Å) the members take in turn when their architectures vary: EMT copper's own
+#: cutoff lies between the third and fourth neighbour shells (4.4 and 5.1 Å at 3.61 Å).
+VARIED_R_MAX = (4.0, 3.5, 4.5, 5.0)
+
+
+def member_architectures(n_members: int, channels: int, vary: bool) -> list[dict[str, float]]:
+    """Each member's radial cutoff and width: all the same, or varied so members differ in form.
+
+    Varying the architecture is a way to make members disagree for reasons other than their
+    random initial weights (a heterogeneous committee). With ``vary``, member ``m`` takes the
+    cutoff ``VARIED_R_MAX[m % 4]`` and twice the width in every other group of four, so that the
+    sub-committees of the first 2 and 4 members differ already in cutoff.
+    """
+    if not vary:
+        return [{'r_max': VARIED_R_MAX[0], 'channels': channels} for _ in range(n_members)]
+    return [
+        {'r_max': VARIED_R_MAX[m % 4], 'channels': channels * (1 + (m // 4) % 2)}
+        for m in range(n_members)
+    ]
+
+
 def train_committee(
     train,
     valid,
@@ -103,17 +124,22 @@ def train_committee(
     epochs: int,
     channels: int = 8,
     subsample: float | None = None,
+    vary_architecture: bool = False,
 ) -> list[Path]:
     """Train one tiny MACE model per seed, two at a time (2 cores); return the model files.
 
     :param subsample: when given, each member trains on its own random fraction of ``train``
         (see :func:`member_training_sets`); all members share ``valid``.
+    :param vary_architecture: members differ in cutoff and width (:func:`member_architectures`).
     """
     from aiida_trainspot.data.convert import write_labelled_extxyz
 
     folder.mkdir(parents=True, exist_ok=True)
     write_labelled_extxyz(valid, folder / 'valid.xyz')
     member_sets = dict(zip(seeds, member_training_sets(train, seeds, subsample), strict=True))
+    shapes = dict(
+        zip(seeds, member_architectures(len(seeds), channels, vary_architecture), strict=True)
+    )
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     pending = list(seeds)
     running: list[tuple[subprocess.Popen, Path]] = []
@@ -125,7 +151,8 @@ def train_committee(
             work.mkdir(exist_ok=True)
             write_labelled_extxyz(member_sets[seed], work / 'train.xyz')
             command = [str(BIN / 'mace_run_train'), '--name', 'm', *MACE_ARGS]
-            command += ['--num_channels', str(channels)]
+            command += ['--num_channels', str(shapes[seed]['channels'])]
+            command += ['--r_max', str(shapes[seed]['r_max'])]
             command += ['--train_file', 'train.xyz', '--valid_file', '../valid.xyz']
             command += ['--seed', str(seed), '--max_num_epochs', str(epochs)]
             command += ['--patience', str(epochs)]

@@ -98,8 +98,11 @@ def test_evaluation_benchmark_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ('options', 'n_calibration'),
-    [((), 2), (('--fit-on', 'labelled', '--extra-calibration', '3'), 6 + 3)],
-    ids=['held-out', 'labelled-and-extra'],
+    [
+        ((), 2),
+        (('--fit-on', 'labelled', '--extra-calibration', '3', '--vary-architecture'), 6 + 3),
+    ],
+    ids=['held-out', 'labelled-extra-varied'],
 )
 def test_calibration_benchmark_smoke(tmp_path, options, n_calibration):
     run_script(
@@ -187,6 +190,20 @@ def test_member_training_sets_are_seeded_subsamples():
     assert member_training_sets(train, [1, 2], 0.7) == [first, second]  # same seeds, same sets
     with pytest.raises(ValueError, match='subsample must lie in'):
         member_training_sets(train, [1], 1.5)
+
+
+def test_member_architectures_vary_cutoff_then_width():
+    from committee_oracle import VARIED_R_MAX, member_architectures
+
+    same = member_architectures(3, 8, vary=False)
+    assert same == [{'r_max': VARIED_R_MAX[0], 'channels': 8}] * 3
+    varied = member_architectures(8, 8, vary=True)
+    # the first 2 and 4 members (the sub-committees) already differ in cutoff
+    assert len({shape['r_max'] for shape in varied[:2]}) == 2
+    assert [shape['r_max'] for shape in varied[:4]] == list(VARIED_R_MAX)
+    # the second group of four repeats the cutoffs at twice the width
+    assert [shape['channels'] for shape in varied] == [8] * 4 + [16] * 4
+    assert len({tuple(shape.values()) for shape in varied}) == 8
 
 
 def test_calibration_benchmark_rejects_bad_options(tmp_path):

@@ -1,10 +1,13 @@
-"""``TrainingWorkChain``: a committee of M models that differ only by their seed.
+"""``TrainingWorkChain``: a committee of M models that differ by their seed (and, optionally, form).
 
 The dataset gets its sticky train/validation/test split (a frame keeps its split
 forever), the labelled frames of each split become the members' datasets, and M
 members are trained concurrently, each with a distinct seed derived from the
-input seed and recorded on its model. A member that fails is reported; the
-committee goes on if at least ``min_members`` succeeded.
+input seed and recorded on its model. ``member_parameters`` may give each member
+its own overrides of ``parameters`` (a heterogeneous committee, e.g. different
+cutoffs), which makes the members disagree for reasons other than their initial
+weights. A member that fails is reported; the committee goes on if at least
+``min_members`` succeeded.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from aiida_trainspot.data.splits import DEFAULT_FRACTIONS, check_fractions
 
 from .base import TrainingCalculation
 from .loader import DEVICES, DTYPES, ENGINES
+from .metatrain.config import deep_merge
 from .model import PotentialModel
 from .restart import TrainingMemberWorkChain, training_calculation
 
@@ -49,6 +53,33 @@ def labelled_split_indices(dataset: PESData) -> dict[str, np.ndarray]:
         name: np.intersect1d(dataset.split_indices(name), np.flatnonzero(labelled))
         for name in ('train', 'validation', 'test')
     }
+
+
+def member_parameter_sets(
+    parameters: dict[str, Any], overrides: list[Any] | None, size: int
+) -> list[dict[str, Any]]:
+    """Each member's engine parameters: ``parameters`` with its entry of ``overrides`` merged over.
+
+    Member ``i`` takes ``overrides[i % len(overrides)]`` (merged recursively, so a metatrain
+    override may name one nested option), so two entries alternate over the committee. Without
+    overrides every member gets ``parameters``.
+
+    :raises ValueError: naming the entry, when ``overrides`` is empty, longer than the committee
+        (an entry would never be used) or holds something other than a mapping.
+    """
+    if overrides is None:
+        return [dict(parameters) for _ in range(size)]
+    if not 1 <= len(overrides) <= size:
+        raise ValueError(
+            f'member_parameters: give 1 to committee_size ({size}) entries, got {len(overrides)}'
+        )
+    for index, entry in enumerate(overrides):
+        if not isinstance(entry, dict):
+            raise ValueError(
+                f'member_parameters[{index}]: must be a mapping of engine options, '
+                f'got {type(entry).__name__}'
+            )
+    return [deep_merge(parameters, overrides[index % len(overrides)]) for index in range(size)]
 
 
 @calcfunction
@@ -94,10 +125,32 @@ def _validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:
     )
     if message:
         return message
+    message = _check_member_parameters(inputs, engine, size)
+    if message:
+        return message
     if 'dataset' not in inputs:  # excluded by a wrapping workflow, which gives it later
         return None
     seed = inputs['seed'].value if 'seed' in inputs else 0
     return _check_dataset(inputs['dataset'], seed, fractions)
+
+
+def _check_member_parameters(inputs: dict[str, Any], engine: str, size: int) -> str | None:
+    """Reject member overrides that are malformed or that the engine would not accept."""
+    if 'member_parameters' not in inputs:
+        return None
+    parameters = inputs['parameters'].get_dict() if 'parameters' in inputs else {}
+    try:
+        sets = member_parameter_sets(parameters, inputs['member_parameters'].get_list(), size)
+    except ValueError as exception:
+        return str(exception)
+    shared = {k: inputs[k] for k in ('initial_model',) if k in inputs}
+    for index, merged in enumerate(sets[: len(inputs['member_parameters'].get_list())]):
+        message = training_calculation(engine).validate_inputs(
+            {**shared, 'parameters': orm.Dict(merged)}, None
+        )
+        if message:
+            return f'member_parameters[{index}]: {message}'
+    return None
 
 
 def _check_dataset(dataset: PESData, seed: int, fractions: dict[str, float]) -> str | None:
@@ -161,6 +214,13 @@ class TrainingWorkChain(WorkChain):
             valid_type=orm.Dict,
             default=lambda: orm.Dict({}),
             help='Engine configuration.',
+        )
+        spec.input(
+            'member_parameters',
+            valid_type=orm.List,
+            required=False,
+            help='Per-member overrides merged over `parameters`: member i takes entry '
+            'i mod len (e.g. [{"r_max": 4.0}, {"r_max": 5.0}] for a committee of two cutoffs).',
         )
         spec.input(
             'device',
@@ -237,7 +297,7 @@ class TrainingWorkChain(WorkChain):
                 'code': self.inputs.code,
                 'training': self.ctx.split['train'],
                 'validation': self.ctx.split['validation'],
-                'parameters': self.inputs.parameters,
+                'parameters': self.member_parameters(index),
                 'seed': orm.Int(seed),
                 'device': self.inputs.device,
                 'dtype': self.inputs.dtype,
@@ -258,6 +318,17 @@ class TrainingWorkChain(WorkChain):
             )
             futures.append(node)
         return ToContext(**{f'member_{i}': node for i, node in enumerate(futures)})
+
+    def member_parameters(self, index: int) -> orm.Dict:
+        """Member ``index``'s parameters: the shared node, or a new one with its overrides."""
+        if 'member_parameters' not in self.inputs:
+            return self.inputs.parameters
+        sets = member_parameter_sets(
+            self.inputs.parameters.get_dict(),
+            self.inputs.member_parameters.get_list(),
+            len(self.ctx.seeds),
+        )
+        return orm.Dict(sets[index])
 
     def collect(self):
         """Expose the members that trained; report the others; stop if too few."""

@@ -167,8 +167,11 @@ def builder_from_protocol(
     values.pop('description', None)
     engine = TRAINING_ENGINES[_plugin(codes['train'])]
     training = dict(values.get('training', {}))
-    parameters = dict(training.get('parameters', {}))
-    training['parameters'] = parameters.get(engine, {})
+    training['parameters'] = engine_entry(training, 'parameters', engine, {})
+    members = engine_entry(training, 'member_parameters', engine, None)
+    training.pop('member_parameters', None)
+    if members is not None:
+        training['member_parameters'] = members
     values['training'] = {**training, 'engine': engine, 'code': codes['train']}
     values['exploration'] = {
         **values.get('exploration', {}),
@@ -191,6 +194,28 @@ def builder_from_protocol(
     builder.structures = as_dataset(structures)
     fill(builder, cls.spec().inputs, values)
     return builder
+
+
+def engine_entry(training: Mapping[str, Any], key: str, engine: str, default: Any) -> Any:
+    """The training engine's entry of ``training[key]`` (``{'mace': ..., 'metatrain': ...}``).
+
+    :raises ValueError: when ``training[key]`` holds keys that are not engine names, e.g. MACE
+        options given without the ``mace:`` level: they would otherwise be dropped unseen.
+    """
+    entries = training.get(key) or {}
+    if not isinstance(entries, Mapping):
+        raise ValueError(
+            f'training.{key}: give one entry per training engine, e.g. {{{engine!r}: ...}}; '
+            f'got {type(entries).__name__}'
+        )
+    stray = sorted(set(entries) - set(TRAINING_ENGINES.values()))
+    if stray:
+        raise ValueError(
+            f'training.{key}: {stray} are not training engines; give the options per engine, '
+            f'e.g. {{{engine!r}: {{{stray[0]!r}: ...}}}}'
+        )
+    value = entries.get(engine)
+    return default if value is None else value
 
 
 def _labelling(

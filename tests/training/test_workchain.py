@@ -11,7 +11,11 @@ from aiida.manage import get_manager
 from aiida_trainspot.data import PESData
 from aiida_trainspot.training.model import PotentialModel
 from aiida_trainspot.training.restart import TrainingMemberWorkChain, training_calculation
-from aiida_trainspot.training.workchain import TrainingWorkChain, member_seeds
+from aiida_trainspot.training.workchain import (
+    TrainingWorkChain,
+    member_parameter_sets,
+    member_seeds,
+)
 
 FAILED = TrainingMemberWorkChain.exit_codes.ERROR_TRAINING_FAILED.status
 
@@ -101,6 +105,14 @@ def test_committee_with_one_broken_member_continues(carbon_dataset, mace_code, t
         ({'engine': (orm.Str, 'nequip')}, 'engine: unknown engine'),
         ({'parameters': (orm.Dict, {'no_such_key': 1})}, 'no_such_key'),
         ({'split_fractions': (orm.Dict, {'train': 0.5})}, 'split_fractions'),
+        (
+            {'member_parameters': (orm.List, [{'r_max': 4.0}, {'no_such_key': 1}])},
+            r'member_parameters\[1\]: parameters: unknown mace configuration keys',
+        ),
+        ({'member_parameters': (orm.List, [{}] * 5)}, 'give 1 to committee_size'),
+        ({'member_parameters': (orm.List, [])}, 'give 1 to committee_size'),
+        ({'member_parameters': (orm.List, [{}, 4.0])}, r'member_parameters\[1\]: must be a'),
+        ({'member_parameters': (orm.List, [{'seed': 3}])}, r'member_parameters\[0\]: .*seed'),
     ],
 )
 def test_bad_inputs_rejected_at_submission(carbon_dataset, mace_code, change, message):
@@ -108,6 +120,41 @@ def test_bad_inputs_rejected_at_submission(carbon_dataset, mace_code, change, me
     inputs = {'dataset': carbon_dataset, 'engine': orm.Str('mace'), 'code': mace_code, **change}
     with pytest.raises(ValueError, match=message):
         run_get_node(TrainingWorkChain, **inputs)
+
+
+def test_member_parameter_sets_cycle_and_merge():
+    shared = {'r_max': 4.0, 'architecture': {'name': 'pet', 'model': {'d_pet': 16}}}
+    assert member_parameter_sets(shared, None, 2) == [shared, shared]
+    sets = member_parameter_sets(shared, [{'r_max': 3.5}, {'architecture': {'model': {}}}], 3)
+    # member i takes entry i mod 2, merged over the shared parameters without changing them
+    assert [s['r_max'] for s in sets] == [3.5, 4.0, 3.5]
+    assert sets[1]['architecture'] == shared['architecture']
+    nested = member_parameter_sets(shared, [{'architecture': {'model': {'cutoff': 5.0}}}], 2)
+    assert nested[0]['architecture']['model'] == {'d_pet': 16, 'cutoff': 5.0}
+    assert shared['architecture']['model'] == {'d_pet': 16}
+    with pytest.raises(ValueError, match='got 3'):
+        member_parameter_sets(shared, [{}, {}, {}], 2)
+
+
+@pytest.mark.slow
+def test_members_take_their_own_parameters(carbon_dataset, mace_code):
+    results, node = run_get_node(
+        TrainingWorkChain,
+        dataset=carbon_dataset,
+        engine=orm.Str('mace'),
+        code=mace_code,
+        committee_size=orm.Int(3),
+        parameters=orm.Dict({**TINY_MACE, 'max_num_epochs': 1}),
+        member_parameters=orm.List([{'r_max': 3.5}, {'r_max': 4.5, 'num_channels': 16}]),
+    )
+    assert node.is_finished_ok, node.exit_message
+    models = results['models']
+    # the trained models carry the cutoffs they were given (member 2 takes entry 0 again)
+    cutoffs = [models[f'member_{i}'].base.attributes.get('cutoff') for i in range(3)]
+    assert cutoffs == [3.5, 4.5, 3.5]
+    given = [models[f'member_{i}'].creator.inputs.parameters.get_dict() for i in range(3)]
+    assert [p['num_channels'] for p in given] == [8, 16, 8]
+    assert all(p['max_num_epochs'] == 1 for p in given)  # the shared parameters stay
 
 
 def test_unlabelled_or_tiny_datasets_rejected(labelled_carbon_frames, mace_code):

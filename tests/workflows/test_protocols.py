@@ -55,6 +55,32 @@ def test_overrides_merge_and_unknown_keys_warn(loop_codes, tersoff_file):
     assert any('no_such_input' in str(w.message) for w in caught)
 
 
+def test_member_parameters_per_engine(loop_codes, tersoff_file):
+    def build(training):
+        return TrainsPotWorkChain.get_builder_from_protocol(
+            loop_codes,
+            carbon_structures(),
+            protocol='fast',
+            overrides={'training': training},
+            ase_calculator={'name': 'tersoff'},
+            ase_parameter_file=tersoff_file,
+        )
+
+    members = [{'r_max': 3.5}, {'r_max': 4.5}]
+    builder = build({'member_parameters': {'mace': members, 'metatrain': [{}]}})
+    assert builder.training.member_parameters.get_list() == members  # the MACE code's entry
+    assert 'member_parameters' not in build({'member_parameters': {'metatrain': [{}]}}).training
+    # MACE options without the engine level would be dropped unseen: refused, naming them
+    with pytest.raises(ValueError, match=r"training\.parameters: \['r_max'\] are not training"):
+        build({'parameters': {'r_max': 5.0}})
+    with pytest.raises(ValueError, match=r'training\.member_parameters: give one entry per'):
+        build({'member_parameters': members})
+    # a bad member entry is refused when the workflow is submitted
+    builder = build({'member_parameters': {'mace': [{'r_max': 3.5}, {'no_such_key': 1}]}})
+    with pytest.raises(ValueError, match=r'member_parameters\[1\]: parameters: unknown'):
+        instantiate_process(get_manager().get_runner(), builder)
+
+
 def test_pw_engine_and_bad_codes(loop_codes, pw_code, mtt_code, tersoff_file):
     codes = {**loop_codes, 'pw': pw_code, 'train': mtt_code}
     codes.pop('ase_label')
