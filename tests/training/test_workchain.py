@@ -35,6 +35,17 @@ def carbon_dataset(labelled_carbon_frames):
     return PESData.from_ase(labelled_carbon_frames)
 
 
+def committee_inputs(dataset, engine: str, code, size: int = 2, **extra) -> dict:
+    """Inputs of a TrainingWorkChain with ``size`` members, plus ``extra`` ports."""
+    return {
+        'dataset': dataset,
+        'engine': orm.Str(engine),
+        'code': code,
+        'committee_size': orm.Int(size),
+        **extra,
+    }
+
+
 def test_member_seeds_distinct_and_reproducible():
     for seed in range(50):
         seeds = member_seeds(seed, 8)
@@ -136,17 +147,35 @@ def test_member_parameter_sets_cycle_and_merge():
         member_parameter_sets(shared, [{}, {}, {}], 2)
 
 
+def test_metatrain_member_overrides_are_checked_nested(carbon_dataset, mtt_code):
+    # an override replaces one nested option; what metatrain would refuse is named by entry
+    inputs = committee_inputs(
+        carbon_dataset,
+        'metatrain',
+        mtt_code,
+        parameters=orm.Dict({'architecture': {'name': 'pet'}}),
+    )
+    good = orm.List([{}, {'architecture': {'model': {'cutoff': 4.5}}}])
+    instantiate_process(
+        get_manager().get_runner(), TrainingWorkChain, member_parameters=good, **inputs
+    )
+    bad = orm.List([{}, {'architecture': {'model': 3}}])
+    with pytest.raises(
+        ValueError, match=r'member_parameters\[1\]: parameters: `architecture.model`'
+    ):
+        instantiate_process(
+            get_manager().get_runner(), TrainingWorkChain, member_parameters=bad, **inputs
+        )
+
+
 @pytest.mark.slow
 def test_members_take_their_own_parameters(carbon_dataset, mace_code):
-    results, node = run_get_node(
-        TrainingWorkChain,
-        dataset=carbon_dataset,
-        engine=orm.Str('mace'),
-        code=mace_code,
-        committee_size=orm.Int(3),
-        parameters=orm.Dict({**TINY_MACE, 'max_num_epochs': 1}),
-        member_parameters=orm.List([{'r_max': 3.5}, {'r_max': 4.5, 'num_channels': 16}]),
+    members = orm.List([{'r_max': 3.5}, {'r_max': 4.5, 'num_channels': 16}])
+    parameters = orm.Dict({**TINY_MACE, 'max_num_epochs': 1})
+    inputs = committee_inputs(
+        carbon_dataset, 'mace', mace_code, 3, parameters=parameters, member_parameters=members
     )
+    results, node = run_get_node(TrainingWorkChain, **inputs)
     assert node.is_finished_ok, node.exit_message
     models = results['models']
     # the trained models carry the cutoffs they were given (member 2 takes entry 0 again)
@@ -214,13 +243,7 @@ def test_walltime_handler_resumes_from_checkpoint(carbon_dataset, mace_code, eng
 
 @pytest.mark.slow
 def test_warm_start_from_the_previous_committee(carbon_dataset, mace_code):
-    common = {
-        'dataset': carbon_dataset,
-        'engine': orm.Str('mace'),
-        'code': mace_code,
-        'committee_size': orm.Int(2),
-        'seed': orm.Int(3),
-    }
+    common = committee_inputs(carbon_dataset, 'mace', mace_code, seed=orm.Int(3))
     first, node = run_get_node(
         TrainingWorkChain, parameters=orm.Dict({**TINY_MACE, 'max_num_epochs': 6}), **common
     )
