@@ -5,6 +5,9 @@ the protocols ``fast``, ``moderate`` and ``precise``; the chosen protocol and th
 ``overrides`` are merged over the defaults recursively (aiida-quantumespresso's
 ``ProtocolMixin``). Every value lands on the port of the same name, wrapped in the port's AiiDA
 type; a key that names no port is warned about and ignored, never silently used.
+``training.parameters`` and ``training.member_parameters`` hold one entry per training engine
+(``{'mace': ..., 'metatrain': ...}``) and the builder takes the train code's; a key there that
+is not an engine (MACE options without the ``mace:`` level) is refused with a ValueError.
 
 The engines follow from the codes' plugins: ``pw`` (quantumespresso.pw) or ``ase_label``
 (trainspot.ase.label) labels; ``train`` is a MACE (trainspot.mace.train) or metatrain
