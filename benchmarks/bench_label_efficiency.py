@@ -26,6 +26,7 @@ seed, the labels needed to reach random selection's final force RMSE.
 
 Usage: python benchmarks/bench_label_efficiency.py [--seeds 3] [--rounds 4] [--batch 6]
        [--initial 10] [--members 2] [--epochs 30] [--threshold 0.03] [--channels 8]
+       [--vary-architecture]
        [--strategies calibrated,uncalibrated,top,random,calibrated-top]
        [--first-seed 0] [--reference earlier.json] [--json out.json] [--png out.png] [--smoke]
 ``random`` is always run: it is the reference of the summary.
@@ -103,7 +104,13 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
             folder = root / f'{strategy}-{seed}-{round_index}'
             member_seeds = [1000 * seed + 10 * round_index + m for m in range(args.members)]
             models = train_committee(
-                train, valid, folder, member_seeds, args.epochs, channels=args.channels
+                train,
+                valid,
+                folder,
+                member_seeds,
+                args.epochs,
+                channels=args.channels,
+                vary_architecture=args.vary_architecture,
             )
         if round_index == 0 and first_round is None:
             first_round = models
@@ -261,13 +268,17 @@ COMPARABLE = (
     'threshold',
     'pool',
     'test',
+    'vary_architecture',
 )
+#: what reports written before a setting existed used instead
+SETTINGS_BEFORE = {'vary_architecture': False}
 
 
 def reference_random_curves(args, seeds) -> dict:
     """``random``'s curves for ``seeds`` from ``args.reference``; its settings must match."""
     report = json.loads(Path(args.reference).read_text())
-    different = [k for k in COMPARABLE if report['settings'][k] != getattr(args, k)]
+    settings = {**SETTINGS_BEFORE, **report['settings']}
+    different = [k for k in COMPARABLE if settings[k] != getattr(args, k)]
     if different:
         raise SystemExit(f'--reference {args.reference}: different settings {different}')
     missing = [seed for seed in seeds if str(seed) not in report['results']['random']]
@@ -285,6 +296,11 @@ def main() -> None:
     parser.add_argument('--members', type=int, default=2)
     parser.add_argument('--channels', type=int, default=8, help='MACE channels per member')
     parser.add_argument('--epochs', type=int, default=30)
+    parser.add_argument(
+        '--vary-architecture',
+        action='store_true',
+        help='members differ in radial cutoff (3.5-5 Å) and width (a heterogeneous committee)',
+    )
     parser.add_argument('--threshold', type=float, default=0.03, help='ε_thr of forces, eV/Å')
     parser.add_argument(
         '--pool', default='40,20,10,6', help='pool frames per cell at 300,800,1300,1800 K'

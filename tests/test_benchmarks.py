@@ -274,3 +274,10 @@ def test_reference_curves_need_the_same_settings(tmp_path):
         reference_random_curves(args, [0, 1])
     with pytest.raises(SystemExit, match=r"different settings \['epochs'\]"):
         reference_random_curves(Namespace(**{**vars(args), 'epochs': 2}), [0])
+    # a report from before --vary-architecture existed was run with members of one form
+    older = {k: v for k, v in settings.items() if k != 'vary_architecture'}
+    path.write_text(json.dumps({'settings': older, 'results': {'random': {'0': curve}}}))
+    same_form = Namespace(**{**vars(args), 'vary_architecture': False})
+    assert reference_random_curves(same_form, [0]) == {'0': curve}
+    with pytest.raises(SystemExit, match=r"different settings \['vary_architecture'\]"):
+        reference_random_curves(Namespace(**{**vars(args), 'vary_architecture': True}), [0])
