@@ -83,6 +83,17 @@ def member_parameter_sets(
 
 
 @calcfunction
+def derive_member_parameters(
+    parameters: orm.Dict, member_parameters: orm.List, committee_size: orm.Int
+) -> dict[str, orm.Dict]:
+    """``member_<i>``: member i's parameters (:func:`member_parameter_sets`), in provenance."""
+    sets = member_parameter_sets(
+        parameters.get_dict(), member_parameters.get_list(), committee_size.value
+    )
+    return {f'member_{index}': orm.Dict(values) for index, values in enumerate(sets)}
+
+
+@calcfunction
 def split_for_training(dataset: PESData, seed: orm.Int, fractions: orm.Dict) -> dict[str, PESData]:
     """Assign the sticky split, then return it and its labelled train/validation/test frames."""
     split = dataset.assign_split(seed.value, fractions.get_dict())
@@ -291,13 +302,14 @@ class TrainingWorkChain(WorkChain):
         """Submit every member at once, each with its own seed."""
         self.ctx.seeds = member_seeds(self.inputs.seed.value, self.inputs.committee_size.value)
         previous = self.inputs.get('previous_models', {})
+        parameters = self.member_parameter_nodes()
         futures = []
         for index, seed in enumerate(self.ctx.seeds):
             train = {
                 'code': self.inputs.code,
                 'training': self.ctx.split['train'],
                 'validation': self.ctx.split['validation'],
-                'parameters': self.member_parameters(index),
+                'parameters': parameters[index],
                 'seed': orm.Int(seed),
                 'device': self.inputs.device,
                 'dtype': self.inputs.dtype,
@@ -319,16 +331,15 @@ class TrainingWorkChain(WorkChain):
             futures.append(node)
         return ToContext(**{f'member_{i}': node for i, node in enumerate(futures)})
 
-    def member_parameters(self, index: int) -> orm.Dict:
-        """Member ``index``'s parameters: the shared node, or a new one with its overrides."""
+    def member_parameter_nodes(self) -> list[orm.Dict]:
+        """Every member's parameters: the shared node, or per-member nodes derived in provenance."""
+        size = self.inputs.committee_size
         if 'member_parameters' not in self.inputs:
-            return self.inputs.parameters
-        sets = member_parameter_sets(
-            self.inputs.parameters.get_dict(),
-            self.inputs.member_parameters.get_list(),
-            len(self.ctx.seeds),
+            return [self.inputs.parameters] * size.value
+        derived = derive_member_parameters(
+            self.inputs.parameters, self.inputs.member_parameters, size
         )
-        return orm.Dict(sets[index])
+        return [derived[f'member_{index}'] for index in range(size.value)]
 
     def collect(self):
         """Expose the members that trained; report the others; stop if too few."""

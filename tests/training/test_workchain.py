@@ -184,6 +184,10 @@ def test_members_take_their_own_parameters(carbon_dataset, mace_code):
     given = [models[f'member_{i}'].creator.inputs.parameters.get_dict() for i in range(3)]
     assert [p['num_channels'] for p in given] == [8, 16, 8]
     assert all(p['max_num_epochs'] == 1 for p in given)  # the shared parameters stay
+    # each member's parameters are derived, in the provenance graph, from the work chain's inputs
+    derived = models['member_0'].creator.inputs.parameters.creator
+    assert derived.process_label == 'derive_member_parameters'
+    assert derived.inputs.member_parameters.pk == node.inputs.member_parameters.pk
 
 
 def test_unlabelled_or_tiny_datasets_rejected(labelled_carbon_frames, mace_code):
