@@ -44,7 +44,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from committee_oracle import SYSTEM, load_committee, md_frames, predict, train_committee
+from committee_oracle import (
+    SYSTEM,
+    load_committee,
+    md_frames,
+    member_training_sets,
+    predict,
+    train_committee,
+)
 
 TEMPERATURES = (300.0, 800.0, 1300.0, 1800.0)
 COMMITTEE_SIZES = (2, 4, 8)
@@ -345,8 +352,10 @@ def main() -> None:
         args.sizes, args.members, args.epochs, args.pool, args.test = '6', 2, 3, 3, 2
     sizes = [int(s) for s in args.sizes.split(',')]
     thresholds = [float(t) for t in args.thresholds.split(',')]
-    if args.subsample is not None and not 0.0 < args.subsample <= 1.0:
-        parser.error(f'--subsample must lie in (0, 1], got {args.subsample}')
+    try:  # the range check of the members' subsampling itself, before minutes of MD
+        member_training_sets([], [], args.subsample)
+    except ValueError as exception:
+        parser.error(f'--{exception}')
     if args.extra_calibration < 0:
         parser.error(f'--extra-calibration must be 0 or more, got {args.extra_calibration}')
     start = time.perf_counter()
