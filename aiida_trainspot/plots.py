@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from aiida_trainspot.evaluation.disagreement import errors_of
+
 __all__ = [
     'plot_calibration',
     'plot_composition',
@@ -51,6 +53,8 @@ RMSE_UNITS = {'energy': 'meV/atom', 'forces': 'meV/Å', 'stress': 'meV/Å³'}
 VALUE_UNITS = {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å³'}
 #: Splits the calibration is fitted on by default (frames the committee did not train on).
 CALIBRATION_SPLITS = ('validation', 'test')
+#: How the axis names the calibration's error kind (``Calibration.error``).
+ERROR_LABELS = {'committee_mean': ' of the committee mean', 'members': ", members' RMS"}
 #: At most this many points are drawn per split and panel (metrics always use every point).
 MAX_POINTS = 20_000
 
@@ -431,7 +435,9 @@ def plot_calibration(
     when every drawn value is positive. The title gives TPR and PPV, from ``diagnostics``
     (:func:`~aiida_trainspot.evaluation.calibration.diagnostics`, a report with
     ``at_thresholds`` or a record with ``tpr``/``ppv``) when given, else computed from the
-    frames of ``splits``. ``calibration`` may be None (points only).
+    frames of ``splits``. ``calibration`` may be None (points only). ε is the error the
+    calibration was fitted to (its ``error``: the committee mean's, or the members' RMS error
+    :math:`\\sqrt{\\varepsilon^2 + \\delta^2}`).
     """
     cal = _calibration_dict(calibration)
     names = set(predictions.column_names)
@@ -440,10 +446,11 @@ def plot_calibration(
     frame_splits = _split_names(columns)
     if splits is None:
         splits = tuple((diagnostics or {}).get('splits') or CALIBRATION_SPLITS)
+    kind = cal.get('error', 'committee_mean')
     panels = []
     for prop in props:
         delta = np.asarray(columns.column(f'delta_{prop}'), dtype=float)
-        eps = np.asarray(columns.column(f'eps_{prop}'), dtype=float)
+        eps = errors_of(kind, {prop: delta}, {prop: columns.column(f'eps_{prop}')})[prop]
         valid = _mask(columns, f'delta_{prop}') & _mask(columns, f'eps_{prop}')
         valid &= np.isfinite(delta) & np.isfinite(eps)
         if valid.any():
@@ -541,7 +548,7 @@ def plot_calibration(
             _short_log_labels(ax.xaxis)
             _short_log_labels(ax.yaxis)
         ax.set_title(title + note, fontsize=10.5)
-        ax.set_xlabel(f'true error ε ({unit})')
+        ax.set_xlabel(f'true error ε{ERROR_LABELS[kind]} ({unit})')
         ax.set_ylabel(f'disagreement δ ({unit})')
         ax.grid(alpha=0.3, which='major')
         ax.legend(

@@ -12,6 +12,10 @@ and all 8 members:
    fitted to), count the criterion δ_F > τ = a·ε_thr against the truth ε_F > ε_thr, for each
    ε_thr of ``--thresholds``: TPR = TP/(TP+FN) and PPV = TP/(TP+FP) "along the fitted line".
 
+ε_F is the committee mean's force error; with ``--error members`` it is the RMS over the members
+of each member's error, sqrt(ε_F² + δ_F²), the error of the one member an exploration runs
+(the package's ``calibration: {error: members}``).
+
 Two test sets are scored with the same line. ``in-distribution``: MD at the pool's conditions, the
 hardest case, as the errors of a converging committee crowd around ε_thr. ``exploration``: those
 frames plus MD the training never saw, as an exploration meets them (±8 % strain at 300 and 1300 K,
@@ -27,7 +31,7 @@ committee size (last iteration), and TPR/PPV against ε_thr, for each test set.
 
 Usage: python benchmarks/bench_calibration.py [--sizes 10,20,30] [--members 8] [--epochs 30]
        [--channels 8] [--vary-architecture] [--subsample F] [--extra-calibration 0]
-       [--fit-on held-out|labelled]
+       [--fit-on held-out|labelled] [--error committee_mean|members]
        [--pool 24] [--test 12] [--seed 0]
        [--thresholds 0.015,0.02,0.03,0.04,0.05,0.075,0.1]
        [--json out.json] [--png out.png] [--smoke]
@@ -52,6 +56,8 @@ from committee_oracle import (
     predict,
     train_committee,
 )
+
+from aiida_trainspot.evaluation.disagreement import ERROR_KINDS
 
 TEMPERATURES = (300.0, 800.0, 1300.0, 1800.0)
 COMMITTEE_SIZES = (2, 4, 8)
@@ -137,12 +143,15 @@ def scored_set(delta, error, slope: float, thresholds) -> dict:
     }
 
 
-def evaluate_sizes(models, calibration, test, unseen, thresholds, max_members: int) -> dict:
+def evaluate_sizes(
+    models, calibration, test, unseen, thresholds, max_members: int, error: str
+) -> dict:
     """Slope, fit quality and rates on both test sets for each committee size.
 
-    Each fitting method's slope comes from the ``calibration`` frames. The in-distribution set
-    keeps its historical keys (``rates``, ``test_fit``, ``test_frames_above``,
-    ``test_*_forces``); ``exploration`` adds the unseen conditions.
+    ε is the error ``error`` names (the package's ``calibration.error``: the committee mean's
+    or the members' RMS). Each fitting method's slope comes from the ``calibration`` frames.
+    The in-distribution set keeps its historical keys (``rates``, ``test_fit``,
+    ``test_frames_above``, ``test_*_forces``); ``exploration`` adds the unseen conditions.
     """
     from aiida_trainspot.evaluation.calibration import METHODS, fit_slope
 
@@ -150,8 +159,9 @@ def evaluate_sizes(models, calibration, test, unseen, thresholds, max_members: i
     out = {}
     for size in (s for s in COMMITTEE_SIZES if s <= max_members):
         committee = calculators[:size]
-        held_out, tested = predict(committee, calibration), predict(committee, test)
-        other = predict(committee, unseen)
+        held_out, tested, other = (
+            predict(committee, frames, error) for frames in (calibration, test, unseen)
+        )
         fits = {
             method: fit_slope(
                 held_out['delta_forces'],
@@ -263,11 +273,16 @@ def scores_of_set(entry: dict, name: str) -> dict:
     }
 
 
+#: how the figure names the error ε (``--error``)
+ERROR_NAMES = {'committee_mean': 'committee mean', 'members': "members' RMS"}
+
+
 def plot(report, path: Path) -> None:
     from matplotlib.figure import Figure
 
     iterations = report['iterations']
     last = iterations[-1]
+    error_name = ERROR_NAMES[report['settings'].get('error', 'committee_mean')]
     figure = Figure(figsize=(15, 8.4), layout='constrained')
     colours = {'2': 'tab:orange', '4': 'tab:green', '8': 'tab:blue'}
     for axes, name in zip(figure.subplots(2, 3), ('in-distribution', 'exploration'), strict=True):
@@ -279,7 +294,7 @@ def plot(report, path: Path) -> None:
             )
             grid = np.linspace(0, eps.max() * 1.05, 2)
             axes[0].plot(grid, entry['slope'] * grid, color=colours[size], lw=1.5)
-        axes[0].set_xlabel('true force error ε_F (eV/Å)')
+        axes[0].set_xlabel(f'true force error ε_F, {error_name} (eV/Å)')
         axes[0].set_ylabel('committee disagreement δ_F (eV/Å)')
         axes[0].set_title(f'{name} test frames, {last["n_labelled"]} labels; lines: δ = a·ε')
         axes[0].legend()
@@ -340,6 +355,13 @@ def main() -> None:
         default='held-out',
         help='frames of the calibration fit: the held-out fifth (the package default: validation '
         "and test splits) or every labelled frame, training frames included (the paper's)",
+    )
+    parser.add_argument(
+        '--error',
+        choices=ERROR_KINDS,
+        default='committee_mean',
+        help="the true error ε: the committee mean's (the package default) or the RMS over the "
+        "members of each member's error, sqrt(ε² + δ²) (the paper's reference code)",
     )
     parser.add_argument('--pool', type=int, default=24, help='pool frames per cell and T')
     parser.add_argument('--test', type=int, default=12, help='test frames per cell and T')
@@ -407,7 +429,7 @@ def main() -> None:
                     'n_labelled': size,
                     'n_calibration': len(calibration),
                     'committees': evaluate_sizes(
-                        models, calibration, test, unseen, thresholds, args.members
+                        models, calibration, test, unseen, thresholds, args.members, args.error
                     ),
                 }
             )

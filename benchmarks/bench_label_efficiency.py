@@ -21,12 +21,14 @@ A strategy with no candidates left stops adding frames (the loop has converged b
 criterion); its curve ends there. All strategies start from the same random labelled frames and
 the same first committee for a seed. Reported per round: the labels used, the committee-mean
 force RMSE (eV/Å) and energy RMSE (meV/atom) on the test set, the calibrated slope, τ and the
-TPR/PPV of δ_F > τ against ε_F > ε_thr on the test frames. The summary gives, per strategy and
-seed, the labels needed to reach random selection's final force RMSE.
+TPR/PPV of δ_F > τ against ε_F > ε_thr on the test frames (ε_F of the committee mean, or with
+``--error members`` the members' RMS error, to which the slope is then also fitted). The
+summary gives, per strategy and seed, the labels needed to reach random selection's final force
+RMSE (always the committee mean's).
 
 Usage: python benchmarks/bench_label_efficiency.py [--seeds 3] [--rounds 4] [--batch 6]
        [--initial 10] [--members 2] [--epochs 30] [--threshold 0.03] [--channels 8]
-       [--vary-architecture]
+       [--vary-architecture] [--error committee_mean|members]
        [--strategies calibrated,uncalibrated,top,random,calibrated-top]
        [--first-seed 0] [--reference earlier.json] [--json out.json] [--png out.png] [--smoke]
 ``random`` is always run: it is the reference of the summary.
@@ -45,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 from committee_oracle import SYSTEM, load_committee, md_frames, predict, train_committee
+
+from aiida_trainspot.evaluation.disagreement import ERROR_KINDS
 
 # appended, never reordered: a strategy's random stream is seeded by its index here
 STRATEGIES = ('calibrated', 'uncalibrated', 'top', 'random', 'calibrated-top')
@@ -115,8 +119,8 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
         if round_index == 0 and first_round is None:
             first_round = models
         committee = load_committee(models)
-        test_result = predict(committee, test)
-        held_out = predict(committee, valid)
+        test_result = predict(committee, test, args.error)
+        held_out = predict(committee, valid, args.error)
         fit = fit_slope(
             held_out['delta_forces'],
             held_out['eps_forces'],
@@ -144,7 +148,7 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
         }
         free = np.array(sorted(set(range(len(pool))) - set(labelled)))
         if round_index < args.rounds and free.size:
-            pool_result = predict(committee, [pool[i] for i in free])
+            pool_result = predict(committee, [pool[i] for i in free], args.error)
             picked = choose(
                 strategy,
                 free,
@@ -302,6 +306,13 @@ def main() -> None:
         help='members differ in radial cutoff (3.5-5 Å) and width (a heterogeneous committee)',
     )
     parser.add_argument('--threshold', type=float, default=0.03, help='ε_thr of forces, eV/Å')
+    parser.add_argument(
+        '--error',
+        choices=ERROR_KINDS,
+        default='committee_mean',
+        help="the error the slope a relates δ to: the committee mean's (the package default) or "
+        "the members' RMS, sqrt(ε² + δ²) (calibration: {error: members})",
+    )
     parser.add_argument(
         '--pool', default='40,20,10,6', help='pool frames per cell at 300,800,1300,1800 K'
     )

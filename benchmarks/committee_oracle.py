@@ -176,12 +176,16 @@ def load_committee(models: Sequence[Path]) -> list:
     return [load_calculator('mace', m, dtype='float64') for m in models]
 
 
-def predict(calculators, frames) -> dict[str, np.ndarray]:
+def predict(calculators, frames, error: str = 'committee_mean') -> dict[str, np.ndarray]:
     """Per-frame δ_F, ε_F (eV/Å), energy error per atom (eV) and per-component force errors.
 
-    Uses the package's committee inference and its disagreement/error definitions.
+    Uses the package's committee inference and its disagreement/error definitions; ε_F is the
+    error ``error`` names (the package's ``calibration.error``: the committee mean's, or the RMS
+    over the members of each member's error). The energy and per-component force errors are
+    those of the committee mean.
     """
     from aiida_trainspot.data.convert import columns_from_atoms
+    from aiida_trainspot.evaluation.disagreement import errors_of
     from aiida_trainspot.evaluation.inference import (
         predict_committee,
         prediction_columns,
@@ -192,9 +196,11 @@ def predict(calculators, frames) -> dict[str, np.ndarray]:
     predictions = predict_committee(list(calculators), columns)
     out = prediction_columns(predictions, reference_labels(columns))
     force_errors = np.asarray(out.atom['forces_mean']) - np.asarray(columns.atom['forces'])
+    delta = np.asarray(out.frame['delta_forces'], dtype=float)
+    eps = errors_of(error, {'forces': delta}, {'forces': out.frame['eps_forces']})['forces']
     return {
-        'delta_forces': np.asarray(out.frame['delta_forces'], dtype=float),
-        'eps_forces': np.asarray(out.frame['eps_forces'], dtype=float),
+        'delta_forces': delta,
+        'eps_forces': eps,
         'eps_energy': np.asarray(out.frame['eps_energy'], dtype=float),
         'force_errors': force_errors.ravel(),
     }

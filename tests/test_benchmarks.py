@@ -95,14 +95,18 @@ def test_evaluation_benchmark_smoke(tmp_path):
     assert 'inference b=2' in out
 
 
+#: members of different form, calibrated against the members' errors
+VARIED_MEMBERS = ('--vary-architecture', '--error', 'members')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ('options', 'n_calibration'),
     [
         ((), 2),
-        (('--fit-on', 'labelled', '--extra-calibration', '3', '--vary-architecture'), 6 + 3),
+        (('--fit-on', 'labelled', '--extra-calibration', '3', *VARIED_MEMBERS), 6 + 3),
     ],
-    ids=['held-out', 'labelled-extra-varied'],
+    ids=['held-out', 'labelled-extra-varied-members'],
 )
 def test_calibration_benchmark_smoke(tmp_path, options, n_calibration):
     run_script(
@@ -152,6 +156,9 @@ def test_calibration_benchmark_smoke(tmp_path, options, n_calibration):
         assert committee['methods'][criterion]['slope'] > 0
         for index, band in enumerate(per_criterion[criterion]):
             assert band['both_at_target'] <= per_criterion['ceiling'][index]['both_at_target']
+    # a member's RMS error holds the spread δ (stored to 1e-6), the committee mean's need not
+    if report['settings']['error'] == 'members':
+        assert all(e >= d - 1e-6 for e, d in zip(eps, committee['test_delta_forces'], strict=True))
     assert_png(tmp_path / 'c.png')
 
 
@@ -238,7 +245,7 @@ def test_calibrated_top_takes_the_candidates_furthest_above_tau():
 def test_label_efficiency_benchmark_smoke(tmp_path):
     run_script(
         'bench_label_efficiency.py',
-        *('--smoke', '--strategies', 'calibrated-top'),
+        *('--smoke', '--strategies', 'calibrated-top', '--error', 'members'),
         *('--json', str(tmp_path / 'l.json'), '--png', str(tmp_path / 'l.png')),
         cwd=tmp_path,
     )
@@ -249,6 +256,8 @@ def test_label_efficiency_benchmark_smoke(tmp_path):
     for strategy, curves in report['results'].items():
         curve = curves['0']
         assert curve[0]['n_labels'] == report['settings']['initial']
+        # fitted to the members' errors, which δ never exceeds, the slope is at most one
+        assert all(0 < point['slope'] <= 1 for point in curve)
         for before, after in itertools.pairwise(curve):
             added = after['n_labels'] - before['n_labels']
             if strategy == 'random':

@@ -230,13 +230,14 @@ def test_parity_without_predictions(labelled_carbon_frames, plot_dir):
     assert_png(plots.plot_calibration(dataset, None, plot_dir / 'cal.png'), min_width=200)
 
 
-@pytest.mark.parametrize('kind', ['object', 'dict', 'record', 'none'])
+@pytest.mark.parametrize('kind', ['object', 'dict', 'record', 'none', 'members'])
 def test_calibration(predictions, plot_dir, kind):
     calibration = Calibration(
         {'energy': 0.5, 'forces': 0.4, 'stress': 0.8},
         {'energy': 5e-3, 'forces': 0.05, 'stress': 2e-3},
     )
     given = {
+        'members': Calibration(calibration.slopes, calibration.error_thresholds, error='members'),
         'object': calibration,
         'dict': calibration.to_dict(),
         'record': make_record(1)['calibration'],  # no stress calibration

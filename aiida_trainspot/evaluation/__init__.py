@@ -6,7 +6,8 @@ import), so that it can be tested on synthetic committees and run anywhere:
 - :mod:`.disagreement`: committee mean and standard deviation, the disagreements
   :math:`\\delta_E` (eV/atom), :math:`\\delta_F` and :math:`\\delta_F^{max}` (eV/Å),
   :math:`\\delta_\\sigma` (eV/Å³), the true errors :math:`\\varepsilon_\\alpha` of the committee
-  mean in the same units, and RMSE/MAE metrics (meV/atom, meV/Å, meV/Å³).
+  mean in the same units (and from them the members' RMS errors), and RMSE/MAE metrics
+  (meV/atom, meV/Å, meV/Å³).
 - :mod:`.calibration`: the fit :math:`\\delta_\\alpha \\approx a_\\alpha \\varepsilon_\\alpha`,
   thresholds :math:`\\tau_\\alpha = a_\\alpha \\varepsilon_{thr,\\alpha}`, a power-law
   alternative fitted by Gaussian likelihood, and TPR/PPV diagnostics of the criterion

@@ -8,6 +8,13 @@ Linear calibration (the paper's): on labelled frames the committee did not train
   labelling when :math:`\delta_\alpha > \tau_\alpha`);
 - calibrated error estimate :math:`\hat\varepsilon_\alpha = \delta_\alpha / a_\alpha`.
 
+Whose error ε is (``error``): ``'committee_mean'`` (default), the error of the committee's mean
+prediction; or ``'members'``, the RMS over the members of each member's error,
+:math:`\sqrt{\varepsilon^2 + \delta^2}` (exact, see :mod:`.disagreement`), the error of the
+one member that drives an exploration's MD and the one the paper's reference code fits. Since a
+member's squared error holds the spread δ², δ can never exceed it: a large disagreement always
+means a large member error, while the committee mean may still be right.
+
 Fitting methods (pairs with a NaN are ignored):
 
 - ``'least_squares'`` (default): through the origin,
@@ -54,10 +61,18 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
-from .disagreement import DISAGREEMENT_UNITS, PROPERTIES, json_float, property_arrays
+from .disagreement import (
+    DISAGREEMENT_UNITS,
+    ERROR_KINDS,
+    PROPERTIES,
+    errors_of,
+    json_float,
+    property_arrays,
+)
 
 __all__ = [
     'DEFAULT_ERROR_THRESHOLDS',
+    'ERROR_KINDS',
     'METHODS',
     'Calibration',
     'PowerLawFit',
@@ -281,7 +296,8 @@ class Calibration:
     ``slopes`` a (dimensionless), ``error_thresholds`` ε_thr, ``thresholds`` τ = a ε_thr
     (derived, so always consistent), ``r2`` the through-origin R² of each fit, ``n_points`` the
     pairs used, ``reused_previous`` whether the previous slope was reused, ``method`` the fitting
-    method, ``power_law`` optional :class:`PowerLawFit` by property.
+    method, ``power_law`` optional :class:`PowerLawFit` by property, ``error`` whose error the
+    slopes relate δ to (:data:`ERROR_KINDS`), so also what :meth:`estimate_error` estimates.
     """
 
     slopes: dict[str, float]
@@ -291,8 +307,11 @@ class Calibration:
     reused_previous: dict[str, bool] = field(default_factory=dict)
     method: str = 'least_squares'
     power_law: dict[str, PowerLawFit] = field(default_factory=dict)
+    error: str = 'committee_mean'
 
     def __post_init__(self) -> None:
+        if self.error not in ERROR_KINDS:
+            raise ValueError(f'error {self.error!r} is not one of {list(ERROR_KINDS)}')
         slopes = {str(k): float(v) for k, v in self.slopes.items()}
         for name, slope in slopes.items():
             if name not in PROPERTIES:
@@ -319,7 +338,7 @@ class Calibration:
         return {k: self.slopes[k] * self.error_thresholds[k] for k in self.slopes}
 
     def estimate_error(self, name: str, delta: Any) -> np.ndarray:
-        """Calibrated error estimate ε̂ = δ / a of property ``name``."""
+        """Calibrated estimate ε̂ = δ / a of property ``name``'s error (of kind ``error``)."""
         return np.asarray(delta, dtype=float) / self.slopes[name]
 
     def with_error_thresholds(self, error_thresholds: Mapping[str, float]) -> Calibration:
@@ -333,12 +352,14 @@ class Calibration:
             self.reused_previous,
             self.method,
             self.power_law,
+            self.error,
         )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (e.g. for an AiiDA ``Dict``); NaN becomes None."""
         return {
             'method': self.method,
+            'error': self.error,
             'slopes': dict(self.slopes),
             'error_thresholds': dict(self.error_thresholds),
             'thresholds': self.thresholds,
@@ -351,7 +372,11 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
-        """Inverse of :meth:`to_dict`; stored thresholds must match slopes times tolerances."""
+        """Inverse of :meth:`to_dict`; stored thresholds must match slopes times tolerances.
+
+        A dictionary without ``error`` (written before the option existed) is a committee-mean
+        calibration.
+        """
         calibration = cls(
             slopes=data['slopes'],
             error_thresholds=data.get('error_thresholds', {}),
@@ -360,6 +385,7 @@ class Calibration:
             reused_previous=data.get('reused_previous', {}),
             method=data.get('method', 'least_squares'),
             power_law={k: PowerLawFit.from_dict(v) for k, v in data.get('power_law', {}).items()},
+            error=data.get('error', 'committee_mean'),
         )
         for name, value in data.get('thresholds', {}).items():
             expected = calibration.thresholds.get(name)
@@ -371,11 +397,14 @@ class Calibration:
         return calibration
 
 
-def _previous_slopes(previous: Calibration | Mapping[str, float] | None) -> dict[str, float]:
+def _previous_slopes(
+    previous: Calibration | Mapping[str, float] | None, error: str
+) -> dict[str, float]:
+    """Slopes the guard rail may reuse: none from a calibration against another kind of error."""
     if previous is None:
         return {}
     if isinstance(previous, Calibration):
-        return dict(previous.slopes)
+        return dict(previous.slopes) if previous.error == error else {}
     return {str(k): float(v) for k, v in previous.items()}
 
 
@@ -389,21 +418,26 @@ def calibrate(
     previous: Calibration | Mapping[str, float] | None = None,
     properties: Sequence[str] | None = None,
     power_law: bool = False,
+    error: str = 'committee_mean',
 ) -> Calibration:
     """Calibrate every property: slope, R², thresholds (and optionally a power law).
 
     :param disagreement: per-frame δ by property (a mapping or a ``Disagreement``).
-    :param errors: per-frame ε by property (a mapping or a ``TrueErrors``).
+    :param errors: per-frame errors of the committee mean by property (a mapping or a
+        ``TrueErrors``); with ``error='members'`` converted to the members' RMS errors by
+        :func:`~.disagreement.errors_of` before the fit.
     :param error_thresholds: tolerances ε_thr in eV units, merged over the defaults.
-    :param previous: previous calibration (or slopes by property) for the guard rail.
+    :param previous: previous calibration (or slopes by property) for the guard rail; a
+        calibration against another ``error`` has no slope to lend.
     :param properties: properties to calibrate; default: those with at least one finite
         (δ, ε) pair, plus those of ``previous`` (reused) that have none. An explicitly named
         property goes through the guard rail even without data.
     :param power_law: also fit sigma = a δ^b for each property with enough pairs (skipped silently
         where the fit is impossible).
     """
-    deltas, errs = property_arrays(disagreement), property_arrays(errors)
-    previous_slopes = _previous_slopes(previous)
+    deltas = property_arrays(disagreement)
+    errs = errors_of(error, deltas, errors)
+    previous_slopes = _previous_slopes(previous, error)
     if properties is None:
         properties = [
             name
@@ -417,10 +451,10 @@ def calibrate(
         if name not in PROPERTIES:
             raise ValueError(f'unknown property {name!r}; known: {PROPERTIES}')
         delta = deltas.get(name, np.zeros(0))
-        error = errs.get(name, np.full(delta.shape, np.nan))
+        measured = errs.get(name, np.full(delta.shape, np.nan))
         fits[name] = fit_slope(
             delta,
-            error,
+            measured,
             method=method,
             min_points=min_points,
             previous_slope=previous_slopes.get(name),
@@ -428,7 +462,9 @@ def calibrate(
         )
         if power_law:
             with contextlib.suppress(ValueError):
-                power[name] = fit_power_law(delta, error, min_points=min_points, property_name=name)
+                power[name] = fit_power_law(
+                    delta, measured, min_points=min_points, property_name=name
+                )
     return Calibration(
         slopes={k: f.slope for k, f in fits.items()},
         error_thresholds=_thresholds(error_thresholds),
@@ -437,6 +473,7 @@ def calibrate(
         reused_previous={k: f.reused_previous for k, f in fits.items()},
         method=method,
         power_law=power,
+        error=error,
     )
 
 

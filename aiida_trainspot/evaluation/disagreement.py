@@ -37,6 +37,20 @@ True errors of the committee mean against reference labels, in the same units:
 
 NaN where the label (or the stress prediction) is missing.
 
+The members' own errors follow from these without another pass over the frames. With
+``ddof=0``, the mean over members of a member's squared error splits into the committee mean's
+and the spread (bias-variance):
+:math:`\frac{1}{M}\sum_m (y^m - y^{ref})^2 = (\bar y - y^{ref})^2 + \mathrm{var}_m(y^m)` for every
+value :math:`y`; averaged over the same values as ε and δ,
+
+.. math::
+
+    \varepsilon^{members}_\alpha = \sqrt{\frac{1}{M} \sum_m (\varepsilon^m_\alpha)^2}
+                                 = \sqrt{\varepsilon_\alpha^2 + \delta_\alpha^2}
+
+is the RMS over the members of each member's error: the expected error of one member drawn at
+random, such as the one that drives an exploration's MD (the paper's Φ1).
+
 Everything is vectorised over frames (``np.add.reduceat`` on the frame offsets); frames must
 hold at least one atom.
 """
@@ -52,6 +66,7 @@ import numpy as np
 
 __all__ = [
     'DISAGREEMENT_UNITS',
+    'ERROR_KINDS',
     'METRIC_UNITS',
     'PROPERTIES',
     'VOIGT_WEIGHTS',
@@ -66,12 +81,14 @@ __all__ = [
     'committee_statistics',
     'energy_disagreement',
     'error_metrics',
+    'errors_of',
     'force_disagreement',
     'frame_of_atom',
     'frame_offsets',
     'json_float',
     'max_force_disagreement',
     'max_force_norm',
+    'member_errors',
     'property_arrays',
     'stress_disagreement',
     'true_errors',
@@ -81,6 +98,8 @@ __all__ = [
 
 #: Property names, in the order used everywhere.
 PROPERTIES = ('energy', 'forces', 'stress')
+#: Whose error a calibration fits δ against: the committee mean's, or each member's (RMS).
+ERROR_KINDS = ('committee_mean', 'members')
 #: Units of disagreements, true errors, thresholds and calibrated error estimates.
 DISAGREEMENT_UNITS = {'energy': 'eV/atom', 'forces': 'eV/Angstrom', 'stress': 'eV/Angstrom^3'}
 #: Units of the RMSE/MAE metrics.
@@ -453,6 +472,26 @@ def true_errors(predictions: CommitteePredictions, labels: ReferenceLabels) -> T
     forces[~labels.forces_mask] = np.nan
     stress[~(labels.stress_mask & predictions.stress_present())] = np.nan
     return TrueErrors(energy=energy, forces=forces, stress=stress)
+
+
+def member_errors(disagreement: Any, errors: Any) -> dict[str, np.ndarray]:
+    r"""RMS over the members of each member's error, :math:`\sqrt{\varepsilon^2 + \delta^2}`.
+
+    ``errors`` are those of the committee mean (:func:`true_errors`) and ``disagreement`` the
+    matching δ, both per frame by property (mappings or the dataclasses); the identity in the
+    module docstring makes the result exact. Properties without a δ are left out; NaN stays NaN.
+    """
+    deltas, errs = property_arrays(disagreement), property_arrays(errors)
+    return {name: np.hypot(errs[name], deltas[name]) for name in errs if name in deltas}
+
+
+def errors_of(kind: str, disagreement: Any, errors: Any) -> dict[str, np.ndarray]:
+    """The committee-mean ``errors`` as they are, or as :func:`member_errors` for ``'members'``."""
+    if kind not in ERROR_KINDS:
+        raise ValueError(f'error kind {kind!r} is not one of {list(ERROR_KINDS)}')
+    if kind == 'members':
+        return member_errors(disagreement, errors)
+    return property_arrays(errors)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -17,7 +17,7 @@ from ase.neighborlist import neighbor_list
 from aiida_trainspot.data import PESData
 
 from .calibration import Calibration, calibrate, diagnostics, rate_grid
-from .disagreement import PROPERTIES, json_float, max_force_norm
+from .disagreement import PROPERTIES, errors_of, json_float, max_force_norm
 from .selection import SelectionSettings, select_frames
 
 GRID_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -64,22 +64,27 @@ def calibrate_committee(
 ) -> dict[str, orm.Dict]:
     """Fit δ ≈ a·ε on labelled held-out frames; thresholds τ = a·ε_thr; TPR/PPV diagnostics.
 
-    ``settings``: ``method``, ``min_points``, ``power_law`` and ``splits`` (the splits whose
-    frames the fit uses, e.g. ``['validation', 'test']``; all frames when absent, or when those
-    splits hold fewer than ``min_points`` labelled frames). ``diagnostics['splits']`` records
-    which frames were used.
+    ``settings``: ``method``, ``min_points``, ``power_law``, ``error`` (``'committee_mean'``, the
+    default, or ``'members'``: whose error ε is, see :mod:`.calibration`) and ``splits`` (the
+    splits whose frames the fit uses, e.g. ``['validation', 'test']``; all frames when absent, or
+    when those splits hold fewer than ``min_points`` labelled frames). ``diagnostics['splits']``
+    records which frames were used; its rates score δ against the same kind of error.
     """
-    deltas, errors = disagreement_and_errors(predictions)
+    deltas, mean_errors = disagreement_and_errors(predictions)
     options = settings.get_dict()
+    kind = options.get('error', 'committee_mean')
     used, used_splits = calibration_frames(
-        predictions, errors, options.get('splits'), options.get('min_points', 5)
+        predictions, mean_errors, options.get('splits'), options.get('min_points', 5)
     )
     deltas = {k: v[used] for k, v in deltas.items()}
-    errors = {k: v[used] for k, v in errors.items()}
+    mean_errors = {k: v[used] for k, v in mean_errors.items()}
+    errors = errors_of(kind, deltas, mean_errors)  # the ε that δ is fitted to and scored against
     min_points = options.get('min_points', 5)
     previous_calibration = (
         Calibration.from_dict(previous.get_dict()) if previous is not None else None
     )
+    if previous_calibration is not None and previous_calibration.error != kind:
+        previous_calibration = None  # its slopes relate δ to another error: nothing to reuse
     names, skipped = calibratable(deltas, errors, min_points, previous_calibration)
     if not names:
         raise ValueError(
@@ -88,13 +93,14 @@ def calibrate_committee(
         )
     calibration = calibrate(
         deltas,
-        errors,
+        mean_errors,
         error_thresholds=error_thresholds.get_dict(),
         method=options.get('method', 'least_squares'),
         min_points=min_points,
         previous=previous_calibration,
         properties=names,
         power_law=options.get('power_law', False),
+        error=kind,
     )
     report = {
         'skipped': skipped,

@@ -6,12 +6,12 @@ from typing import Any
 
 from aiida import orm
 
-from aiida_trainspot.evaluation.calibration import METHODS, PROPERTIES
+from aiida_trainspot.evaluation.calibration import ERROR_KINDS, METHODS, PROPERTIES
 from aiida_trainspot.evaluation.selection import SelectionSettings
 
 from .operations import labelled_mask
 
-CALIBRATION_KEYS = frozenset({'method', 'min_points', 'splits', 'power_law'})
+CALIBRATION_KEYS = frozenset({'method', 'min_points', 'splits', 'power_law', 'error'})
 SPLITS = ('train', 'validation', 'test')
 
 
@@ -26,12 +26,14 @@ def validate_error_thresholds(values: dict[str, Any]) -> str | None:
 
 
 def validate_calibration(values: dict[str, Any]) -> str | None:
-    """Known keys, a known method, min_points >= 2, known splits."""
+    """Known keys, a known method and error kind, min_points >= 2, known splits."""
     unknown = sorted(set(values) - CALIBRATION_KEYS)
     if unknown:
         return f'calibration: unknown keys {unknown}; known: {sorted(CALIBRATION_KEYS)}'
     if values.get('method', 'least_squares') not in METHODS:
         return f'calibration.method: {values["method"]!r} is not one of {list(METHODS)}'
+    if values.get('error', 'committee_mean') not in ERROR_KINDS:
+        return f'calibration.error: {values["error"]!r} is not one of {list(ERROR_KINDS)}'
     min_points = values.get('min_points', 5)
     if not isinstance(min_points, int) or isinstance(min_points, bool) or min_points < 2:
         return f'calibration.min_points: must be an integer >= 2, got {min_points!r}'

@@ -22,7 +22,7 @@ One record is written when an iteration ends, as a JSON-able dict; ``aiida-train
 ``calibration``
     ``slopes``, ``thresholds`` (τ), ``error_thresholds`` (ε_thr), ``r2``, ``n_points`` and
     ``reused_previous`` by property, in eV units (eV/atom, eV/Å, eV/Å³); ``splits``: the splits
-    it was fitted on.
+    it was fitted on; ``error``: whose error ε is (``'committee_mean'`` or ``'members'``).
 ``tpr`` / ``ppv``
     by property, of the calibrated criterion on the calibration frames (``None`` when undefined).
 ``selection``
@@ -146,7 +146,10 @@ def iteration_record(
                 'reused_previous',
             )
         }
-        | {'splits': list(diagnostics.get('splits', []))},
+        | {
+            'splits': list(diagnostics.get('splits', [])),
+            'error': calibration.get('error', 'committee_mean'),
+        },
         'tpr': {k: v.get('tpr') for k, v in at_thresholds.items()},
         'ppv': {k: v.get('ppv') for k, v in at_thresholds.items()},
         'selection': {key: int(counts.get(key, 0)) for key in SELECTION_COUNTS},

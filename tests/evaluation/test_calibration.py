@@ -201,12 +201,44 @@ def test_calibration_json_round_trip():
         Calibration.from_dict(tampered)
 
 
+@pytest.mark.parametrize('ratio', [0.5, 2.0])
+def test_calibration_against_member_errors(ratio):
+    rng = np.random.default_rng(3)
+    mean_error = rng.uniform(0.01, 0.3, 40)
+    delta = ratio * mean_error * rng.lognormal(0, 0.3, 40)
+    member_error = np.hypot(mean_error, delta)
+    cal = calibrate({'forces': delta}, {'forces': mean_error}, error='members')
+    assert cal.error == 'members'
+    assert cal.slopes['forces'] == pytest.approx(
+        delta @ member_error / (member_error @ member_error)
+    )
+    # a member's error holds the spread, so δ never exceeds it: the slope stays below one even
+    # where the disagreement overestimates the committee mean's error
+    assert cal.slopes['forces'] < 1.0
+    assert calibrate({'forces': delta}, {'forces': mean_error}).slopes['forces'] > ratio * 0.9
+    assert Calibration.from_dict(cal.to_dict()).error == 'members'
+    old = calibrate({'forces': delta}, {'forces': mean_error}).to_dict()
+    del old['error']  # written before the option existed
+    assert Calibration.from_dict(old).error == 'committee_mean'
+    assert cal.with_error_thresholds({'forces': 0.2}).error == 'members'
+
+
+def test_previous_slope_of_another_error_is_not_reused():
+    previous = Calibration({'forces': 0.3}, error='committee_mean')
+    few = ({'forces': np.array([0.1])}, {'forces': np.array([0.2])})
+    reused = calibrate(*few, previous=previous)
+    assert reused.reused_previous == {'forces': True} and reused.slopes == {'forces': 0.3}
+    with pytest.raises(ValueError, match='no previous slope'):
+        calibrate(*few, previous=previous, error='members')
+
+
 @pytest.mark.parametrize(
     'kwargs',
     [
         {'slopes': {'energy': -1.0}},
         {'slopes': {'virial': 1.0}},
         {'slopes': {'energy': 1.0}, 'error_thresholds': {'energy': 0.0}},
+        {'slopes': {'energy': 1.0}, 'error': 'median'},
     ],
 )
 def test_calibration_validates(kwargs):

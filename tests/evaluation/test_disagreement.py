@@ -14,10 +14,12 @@ from aiida_trainspot.evaluation.disagreement import (
     committee_disagreement,
     committee_statistics,
     error_metrics,
+    errors_of,
     force_disagreement,
     frame_of_atom,
     frame_offsets,
     max_force_norm,
+    member_errors,
     true_errors,
     voigt_rms,
 )
@@ -261,6 +263,39 @@ def test_true_errors_match_brute_force(case):
             assert got.stress[f] == pytest.approx(np.sqrt(np.mean(diff**2)), abs=1e-14)
         else:
             assert np.isnan(got.stress[f])
+
+
+def one_member(predictions, member):
+    """The committee of member ``member`` alone."""
+    return CommitteePredictions(
+        n_atoms=predictions.n_atoms,
+        energy=predictions.energy[member : member + 1],
+        forces=predictions.forces[member : member + 1],
+        stress=None if predictions.stress is None else predictions.stress[member : member + 1],
+    )
+
+
+@FAST
+@given(committees)
+def test_member_errors_are_the_rms_of_each_members_own_error(case):
+    seed, n_frames, n_members, with_stress = case
+    pred = random_committee(seed, n_frames, n_members, with_stress)
+    labels = random_labels(seed, pred)
+    own = [true_errors(one_member(pred, m), labels).as_dict() for m in range(n_members)]
+    got = member_errors(committee_disagreement(pred), true_errors(pred, labels))
+    assert set(got) == {'energy', 'forces', 'stress'}
+    for name, values in got.items():
+        expected = np.sqrt(np.mean([errors[name] ** 2 for errors in own], axis=0))
+        np.testing.assert_allclose(values, expected, rtol=1e-10, atol=1e-14)
+        assert np.array_equal(np.isnan(values), np.isnan(expected))
+
+
+def test_errors_of_names_the_kind():
+    delta, mean = {'forces': np.array([0.3, 0.0])}, {'forces': np.array([0.4, 0.2])}
+    assert errors_of('committee_mean', delta, mean)['forces'].tolist() == [0.4, 0.2]
+    assert errors_of('members', delta, mean)['forces'] == pytest.approx([0.5, 0.2])
+    with pytest.raises(ValueError, match=r"'median'.*committee_mean"):
+        errors_of('median', delta, mean)
 
 
 def test_label_masks_combine_with_finiteness():

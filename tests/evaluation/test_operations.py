@@ -51,6 +51,30 @@ def test_calibration_recovers_slopes_with_provenance():
     assert dataset.pk in {link.node.pk for link in creator.base.links.get_incoming().all()}
 
 
+def test_calibration_against_member_errors_fits_and_scores_them():
+    dataset = evaluated_dataset()
+    thresholds = orm.Dict({'energy': 1e-3, 'forces': 0.1})
+    outputs = calibrate_committee(dataset, thresholds, orm.Dict({'error': 'members'}))
+    calibration = Calibration.from_dict(outputs['calibration'].get_dict())
+    assert calibration.error == 'members'
+    delta = dataset.get_column('delta_forces')[0]
+    members = np.hypot(dataset.get_column('eps_forces')[0], delta)
+    slope = float(delta @ members / (members @ members))
+    assert calibration.slopes['forces'] == pytest.approx(slope, rel=1e-9)
+    tau = calibration.thresholds['forces']
+    positives, flagged = members > 0.1, delta > tau
+    expected_tpr = (positives & flagged).sum() / positives.sum()
+    report = outputs['diagnostics'].get_dict()
+    assert report['at_thresholds']['forces']['tpr'] == pytest.approx(expected_tpr)
+    two_frames, previous = dataset.subset([0, 1]), orm.Dict(Calibration({'forces': 0.25}).to_dict())
+    reused = calibrate_committee(two_frames, thresholds, orm.Dict({}), previous=previous)
+    assert reused['calibration']['reused_previous'] == {'forces': True}
+    with pytest.raises(ValueError, match='no property'):  # a mean-error slope is not lent
+        calibrate_committee(
+            two_frames, thresholds, orm.Dict({'error': 'members'}), previous=previous
+        )
+
+
 def test_selection_caps_seeds_and_rejects_unphysical():
     dataset = evaluated_dataset()
     calibration = calibrate_committee(

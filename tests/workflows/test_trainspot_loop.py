@@ -73,7 +73,11 @@ _FAST_LOOP = {}
 
 
 def run_config(tmp_path, codes, seed=3):
-    """The YAML of `aiida-trainspot run` for the fast Tersoff campaign of these tests."""
+    """The YAML of `aiida-trainspot run` for the fast Tersoff campaign of these tests.
+
+    It calibrates against the members' errors, so the campaign tests run that option end to end
+    (the other loop tests run the default, the committee mean's error).
+    """
     for index, atoms in enumerate(carbon_structures()):
         write(tmp_path / f'structure-{index}.xyz', atoms, format='extxyz')
     config = {
@@ -82,7 +86,7 @@ def run_config(tmp_path, codes, seed=3):
         'codes': {role: code.full_label for role, code in codes.items()},
         'ase_calculator': {'name': 'tersoff'},
         'ase_parameter_file': TERSOFF_FILE,
-        'overrides': {**FAST_OVERRIDES, 'seed': seed},
+        'overrides': {**FAST_OVERRIDES, 'seed': seed, 'calibration': {'error': 'members'}},
     }
     path = tmp_path / 'config.yaml'
     path.write_text(yaml.safe_dump(config))
@@ -137,7 +141,9 @@ def test_fast_loop_with_tersoff_oracle(fast_loop):
     assert 'md' in second['dataset']['by_generation_method']
     assert second['n_labels_total'] == first['n_labels_total'] + first['selection']['selected']
     for record in records:
-        assert record['calibration']['slopes']['forces'] > 0
+        assert record['calibration']['error'] == 'members'
+        # δ never exceeds a member's RMS error, so the least-squares slope cannot exceed one
+        assert 0 < record['calibration']['slopes']['forces'] <= 1
         assert np.isfinite(record['rmse']['all']['forces']['committee'])
 
 
@@ -297,6 +303,7 @@ def test_bad_inputs_are_named_at_submission(loop_codes, tersoff_file):
 
     assert 'error_thresholds' in problem(error_thresholds=orm.Dict({'force': 0.1}))
     assert 'calibration.method' in problem(calibration=orm.Dict({'method': 'magic'}))
+    assert 'calibration.error' in problem(calibration=orm.Dict({'error': 'median'}))
     assert 'selection' in problem(selection=orm.Dict({'min_distanse': 0.3}))
     assert 'cap_order' in problem(selection=orm.Dict({'cap_order': 'largest'}))
     assert 'explored' in problem(explored=PESData.from_ase(carbon_structures()))
