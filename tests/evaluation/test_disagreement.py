@@ -62,6 +62,13 @@ def random_labels(seed, predictions, missing=0.3):
     )
 
 
+def committee_with_labels(case):
+    """A random committee of a hypothesis ``committees`` case, and random labels for it."""
+    seed, n_frames, n_members, with_stress = case
+    pred = random_committee(seed, n_frames, n_members, with_stress)
+    return pred, random_labels(seed, pred)
+
+
 def frame_slices(n_atoms):
     start = 0
     for n in n_atoms:
@@ -239,9 +246,7 @@ def test_force_disagreement_rejects_wrong_atom_count():
 @FAST
 @given(committees)
 def test_true_errors_match_brute_force(case):
-    seed, n_frames, n_members, with_stress = case
-    pred = random_committee(seed, n_frames, n_members, with_stress)
-    labels = random_labels(seed, pred)
+    pred, labels = committee_with_labels(case)
     got = true_errors(pred, labels)
     for f, atoms in enumerate(frame_slices(pred.n_atoms)):
         n = pred.n_atoms[f]
@@ -256,7 +261,7 @@ def test_true_errors_match_brute_force(case):
             assert got.forces[f] == pytest.approx(expected, abs=1e-12)
         else:
             assert np.isnan(got.forces[f])
-        if with_stress and labels.stress_mask[f]:
+        if pred.stress is not None and labels.stress_mask[f]:
             diff = voigt_to_tensor(pred.stress[:, f].mean(axis=0)) - voigt_to_tensor(
                 labels.stress[f]
             )
@@ -278,10 +283,8 @@ def one_member(predictions, member):
 @FAST
 @given(committees)
 def test_member_errors_are_the_rms_of_each_members_own_error(case):
-    seed, n_frames, n_members, with_stress = case
-    pred = random_committee(seed, n_frames, n_members, with_stress)
-    labels = random_labels(seed, pred)
-    own = [true_errors(one_member(pred, m), labels).as_dict() for m in range(n_members)]
+    pred, labels = committee_with_labels(case)
+    own = [true_errors(one_member(pred, m), labels).as_dict() for m in range(len(pred.energy))]
     got = member_errors(committee_disagreement(pred), true_errors(pred, labels))
     assert set(got) == {'energy', 'forces', 'stress'}
     for name, values in got.items():
@@ -359,17 +362,15 @@ def brute_metrics(pred, labels, name, frames):
 @FAST
 @given(committees, st.data())
 def test_metrics_match_brute_force(case, data):
-    seed, n_frames, n_members, with_stress = case
-    pred = random_committee(seed, n_frames, n_members, with_stress)
-    labels = random_labels(seed, pred)
-    subset = data.draw(st.sets(st.integers(0, n_frames - 1)) | st.none())
-    frames = range(n_frames) if subset is None else sorted(subset)
+    pred, labels = committee_with_labels(case)
+    subset = data.draw(st.sets(st.integers(0, pred.n_frames - 1)) | st.none())
+    frames = range(pred.n_frames) if subset is None else sorted(subset)
     got = error_metrics(pred, labels, None if subset is None else np.array(frames, dtype=int))
     assert set(got) == {'energy', 'forces', 'stress'}
     for name, metrics in got.items():
         rmse, mae, used, n_values = brute_metrics(pred, labels, name, frames)
         assert (metrics.n_frames, metrics.n_values) == (used, n_values)
-        members = list(range(n_members))
+        members = list(range(len(pred.energy)))
         np.testing.assert_allclose(metrics.member_rmse, [rmse[m] for m in members], rtol=1e-9)
         np.testing.assert_allclose(metrics.member_mae, [mae[m] for m in members], rtol=1e-9)
         np.testing.assert_allclose(metrics.committee_rmse, rmse['mean'], rtol=1e-9)
