@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from aiida_trainspot.evaluation.disagreement import errors_of
+from aiida_trainspot.evaluation.disagreement import LEGACY_ERROR_KIND, errors_of
 
 __all__ = [
     'plot_calibration',
@@ -446,7 +446,7 @@ def plot_calibration(
     frame_splits = _split_names(columns)
     if splits is None:
         splits = tuple((diagnostics or {}).get('splits') or CALIBRATION_SPLITS)
-    kind = cal.get('error', 'committee_mean')
+    kind = cal.get('error', LEGACY_ERROR_KIND)
     panels = []
     for prop in props:
         delta = np.asarray(columns.column(f'delta_{prop}'), dtype=float)

@@ -12,9 +12,9 @@ and all 8 members:
    fitted to), count the criterion δ_F > τ = a·ε_thr against the truth ε_F > ε_thr, for each
    ε_thr of ``--thresholds``: TPR = TP/(TP+FN) and PPV = TP/(TP+FP) "along the fitted line".
 
-ε_F is the committee mean's force error; with ``--error members`` it is the RMS over the members
-of each member's error, sqrt(ε_F² + δ_F²), the error of the one member an exploration runs
-(the package's ``calibration: {error: members}``).
+ε_F is the RMS over the members of each member's force error, sqrt(ε_F² + δ_F²), the error of
+the one member an exploration runs (the package's default, ``calibration: {error: members}``);
+with ``--error committee_mean`` it is the committee mean's force error.
 
 Two test sets are scored with the same line. ``in-distribution``: MD at the pool's conditions, the
 hardest case, as the errors of a converging committee crowd around ε_thr. ``exploration``: those
@@ -31,7 +31,7 @@ committee size (last iteration), and TPR/PPV against ε_thr, for each test set.
 
 Usage: python benchmarks/bench_calibration.py [--sizes 10,20,30] [--members 8] [--epochs 30]
        [--channels 8] [--vary-architecture] [--subsample F] [--extra-calibration 0]
-       [--fit-on held-out|labelled] [--error committee_mean|members]
+       [--fit-on held-out|labelled] [--error members|committee_mean]
        [--pool 24] [--test 12] [--seed 0]
        [--thresholds 0.015,0.02,0.03,0.04,0.05,0.075,0.1]
        [--json out.json] [--png out.png] [--smoke]
@@ -57,7 +57,7 @@ from committee_oracle import (
     train_committee,
 )
 
-from aiida_trainspot.evaluation.disagreement import ERROR_KINDS
+from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND, ERROR_KINDS
 
 TEMPERATURES = (300.0, 800.0, 1300.0, 1800.0)
 COMMITTEE_SIZES = (2, 4, 8)
@@ -359,9 +359,10 @@ def main() -> None:
     parser.add_argument(
         '--error',
         choices=ERROR_KINDS,
-        default='committee_mean',
-        help="the true error ε: the committee mean's (the package default) or the RMS over the "
-        "members of each member's error, sqrt(ε² + δ²) (the paper's reference code)",
+        default=DEFAULT_ERROR_KIND,
+        help="the true error ε: the RMS over the members of each member's error, sqrt(ε² + δ²) "
+        "(the package default and the paper's reference code), or the committee mean's (the "
+        'package default before 2026-12-06)',
     )
     parser.add_argument('--pool', type=int, default=24, help='pool frames per cell and T')
     parser.add_argument('--test', type=int, default=12, help='test frames per cell and T')

@@ -21,14 +21,15 @@ A strategy with no candidates left stops adding frames (the loop has converged b
 criterion); its curve ends there. All strategies start from the same random labelled frames and
 the same first committee for a seed. Reported per round: the labels used, the committee-mean
 force RMSE (eV/Å) and energy RMSE (meV/atom) on the test set, the calibrated slope, τ and the
-TPR/PPV of δ_F > τ against ε_F > ε_thr on the test frames (ε_F of the committee mean, or with
-``--error members`` the members' RMS error, to which the slope is then also fitted). The
+TPR/PPV of δ_F > τ against ε_F > ε_thr on the test frames (ε_F the members' RMS error, as
+the package calibrates by default, or with ``--error committee_mean`` the committee mean's; the
+slope is fitted to the same error). The
 summary gives, per strategy and seed, the labels needed to reach random selection's final force
 RMSE (always the committee mean's).
 
 Usage: python benchmarks/bench_label_efficiency.py [--seeds 3] [--rounds 4] [--batch 6]
        [--initial 10] [--members 2] [--epochs 30] [--threshold 0.03] [--channels 8]
-       [--vary-architecture] [--error committee_mean|members]
+       [--vary-architecture] [--error members|committee_mean]
        [--strategies calibrated,uncalibrated,top,random,calibrated-top]
        [--first-seed 0] [--reference earlier.json] [--json out.json] [--png out.png] [--smoke]
 ``random`` is always run: it is the reference of the summary.
@@ -48,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from committee_oracle import SYSTEM, load_committee, md_frames, predict, train_committee
 
-from aiida_trainspot.evaluation.disagreement import ERROR_KINDS
+from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND, ERROR_KINDS
 
 # appended, never reordered: a strategy's random stream is seeded by its index here
 STRATEGIES = ('calibrated', 'uncalibrated', 'top', 'random', 'calibrated-top')
@@ -309,9 +310,10 @@ def main() -> None:
     parser.add_argument(
         '--error',
         choices=ERROR_KINDS,
-        default='committee_mean',
-        help="the error the slope a relates δ to: the committee mean's (the package default) or "
-        "the members' RMS, sqrt(ε² + δ²) (calibration: {error: members})",
+        default=DEFAULT_ERROR_KIND,
+        help="the error the slope a relates δ to: the members' RMS, sqrt(ε² + δ²) (the package "
+        "default, calibration: {error: members}), or the committee mean's (the package default "
+        'before 2026-12-06)',
     )
     parser.add_argument(
         '--pool', default='40,20,10,6', help='pool frames per cell at 300,800,1300,1800 K'

@@ -95,8 +95,9 @@ def test_evaluation_benchmark_smoke(tmp_path):
     assert 'inference b=2' in out
 
 
-#: members of different form, calibrated against the members' errors
-VARIED_MEMBERS = ('--vary-architecture', '--error', 'members')
+#: members of different form, calibrated against the committee mean's error (the default is the
+#: members' errors, so the two cases cover both kinds)
+VARIED_MEMBERS = ('--vary-architecture', '--error', 'committee_mean')
 
 
 @pytest.mark.slow
@@ -117,6 +118,7 @@ def test_calibration_benchmark_smoke(tmp_path, options, n_calibration):
         cwd=tmp_path,
     )
     report = json.loads((tmp_path / 'c.json').read_text())
+    assert report['settings']['error'] == ('committee_mean' if options else 'members')
     (iteration,) = report['iterations']
     # the slope is fitted on the held-out fifth, or on every labelled frame plus the extra ones
     assert iteration['n_calibration'] == n_calibration
@@ -245,7 +247,7 @@ def test_calibrated_top_takes_the_candidates_furthest_above_tau():
 def test_label_efficiency_benchmark_smoke(tmp_path):
     run_script(
         'bench_label_efficiency.py',
-        *('--smoke', '--strategies', 'calibrated-top', '--error', 'members'),
+        *('--smoke', '--strategies', 'calibrated-top'),
         *('--json', str(tmp_path / 'l.json'), '--png', str(tmp_path / 'l.png')),
         cwd=tmp_path,
     )
@@ -256,7 +258,7 @@ def test_label_efficiency_benchmark_smoke(tmp_path):
     for strategy, curves in report['results'].items():
         curve = curves['0']
         assert curve[0]['n_labels'] == report['settings']['initial']
-        # fitted to the members' errors, which δ never exceeds, the slope is at most one
+        # fitted to the members' errors (the default), which δ never exceeds: slope at most one
         assert all(0 < point['slope'] <= 1 for point in curve)
         for before, after in itertools.pairwise(curve):
             added = after['n_labels'] - before['n_labels']

@@ -8,12 +8,14 @@ Linear calibration (the paper's): on labelled frames the committee did not train
   labelling when :math:`\delta_\alpha > \tau_\alpha`);
 - calibrated error estimate :math:`\hat\varepsilon_\alpha = \delta_\alpha / a_\alpha`.
 
-Whose error ε is (``error``): ``'committee_mean'`` (default), the error of the committee's mean
-prediction; or ``'members'``, the RMS over the members of each member's error,
-:math:`\sqrt{\varepsilon^2 + \delta^2}` (exact, see :mod:`.disagreement`), the error of the
-one member that drives an exploration's MD and the one the paper's reference code fits. Since a
-member's squared error holds the spread δ², δ can never exceed it: a large disagreement always
-means a large member error, while the committee mean may still be right.
+Whose error ε is (``error``): ``'committee_mean'``, the error of the committee's mean
+prediction, as passed in (the default of these functions); or ``'members'``, the RMS over the
+members of each member's error, :math:`\sqrt{\varepsilon^2 + \delta^2}` (exact, see
+:mod:`.disagreement`), the error of the one member that drives an exploration's MD and the one
+the paper's reference code fits. A campaign's calibration settings default to ``'members'``
+(``DEFAULT_ERROR_KIND`` of :mod:`.disagreement`): it calibrated better in every benchmark run.
+Since a member's squared error holds the spread δ², δ can never exceed it: a large disagreement
+always means a large member error, while the committee mean may still be right.
 
 Fitting methods (pairs with a NaN are ignored):
 

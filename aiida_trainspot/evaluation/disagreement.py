@@ -65,8 +65,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    'DEFAULT_ERROR_KIND',
     'DISAGREEMENT_UNITS',
     'ERROR_KINDS',
+    'LEGACY_ERROR_KIND',
     'METRIC_UNITS',
     'PROPERTIES',
     'VOIGT_WEIGHTS',
@@ -100,6 +102,14 @@ __all__ = [
 PROPERTIES = ('energy', 'forces', 'stress')
 #: Whose error a calibration fits δ against: the committee mean's, or each member's (RMS).
 ERROR_KINDS = ('committee_mean', 'members')
+#: The default kind of a campaign's calibration settings (``calibrate_committee``, the work
+#: chain, the protocols): the members' errors, what the paper's reference code fits and the error
+#: of the one member that drives an exploration's MD; it calibrated better in every benchmark run
+#: (docs/benchmarks.md). The pure functions fit the errors passed to them unless told otherwise.
+DEFAULT_ERROR_KIND = 'members'
+#: The kind of a stored calibration that names none: it was written before the option existed,
+#: when every fit was against the committee mean's error.
+LEGACY_ERROR_KIND = 'committee_mean'
 #: Units of disagreements, true errors, thresholds and calibrated error estimates.
 DISAGREEMENT_UNITS = {'energy': 'eV/atom', 'forces': 'eV/Angstrom', 'stress': 'eV/Angstrom^3'}
 #: Units of the RMSE/MAE metrics.

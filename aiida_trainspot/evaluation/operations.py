@@ -17,7 +17,7 @@ from ase.neighborlist import neighbor_list
 from aiida_trainspot.data import PESData
 
 from .calibration import Calibration, calibrate, diagnostics, rate_grid
-from .disagreement import PROPERTIES, errors_of, json_float, max_force_norm
+from .disagreement import DEFAULT_ERROR_KIND, PROPERTIES, errors_of, json_float, max_force_norm
 from .selection import SelectionSettings, select_frames
 
 GRID_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -64,15 +64,15 @@ def calibrate_committee(
 ) -> dict[str, orm.Dict]:
     """Fit δ ≈ a·ε on labelled held-out frames; thresholds τ = a·ε_thr; TPR/PPV diagnostics.
 
-    ``settings``: ``method``, ``min_points``, ``power_law``, ``error`` (``'committee_mean'``, the
-    default, or ``'members'``: whose error ε is, see :mod:`.calibration`) and ``splits`` (the
+    ``settings``: ``method``, ``min_points``, ``power_law``, ``error`` (``'members'``, the
+    default, or ``'committee_mean'``: whose error ε is, see :mod:`.calibration`) and ``splits`` (the
     splits whose frames the fit uses, e.g. ``['validation', 'test']``; all frames when absent, or
     when those splits hold fewer than ``min_points`` labelled frames). ``diagnostics['splits']``
     records which frames were used; its rates score δ against the same kind of error.
     """
     deltas, mean_errors = disagreement_and_errors(predictions)
     options = settings.get_dict()
-    kind = options.get('error', 'committee_mean')
+    kind = options.get('error', DEFAULT_ERROR_KIND)
     used, used_splits = calibration_frames(
         predictions, mean_errors, options.get('splits'), options.get('min_points', 5)
     )

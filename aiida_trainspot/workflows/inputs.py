@@ -7,6 +7,7 @@ from typing import Any
 from aiida import orm
 
 from aiida_trainspot.evaluation.calibration import ERROR_KINDS, METHODS, PROPERTIES
+from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND
 from aiida_trainspot.evaluation.selection import SelectionSettings
 
 from .operations import labelled_mask
@@ -32,7 +33,7 @@ def validate_calibration(values: dict[str, Any]) -> str | None:
         return f'calibration: unknown keys {unknown}; known: {sorted(CALIBRATION_KEYS)}'
     if values.get('method', 'least_squares') not in METHODS:
         return f'calibration.method: {values["method"]!r} is not one of {list(METHODS)}'
-    if values.get('error', 'committee_mean') not in ERROR_KINDS:
+    if values.get('error', DEFAULT_ERROR_KIND) not in ERROR_KINDS:
         return f'calibration.error: {values["error"]!r} is not one of {list(ERROR_KINDS)}'
     min_points = values.get('min_points', 5)
     if not isinstance(min_points, int) or isinstance(min_points, bool) or min_points < 2:

@@ -38,6 +38,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aiida_trainspot.evaluation.disagreement import LEGACY_ERROR_KIND
+
 #: Why a campaign ended (``stop_reason``): every explored frame below the calibrated
 #: thresholds; the iteration limit; the label budget would be exceeded by the selection.
 STOP_REASONS = ('converged', 'max_iterations', 'max_labels')
@@ -148,7 +150,7 @@ def iteration_record(
         }
         | {
             'splits': list(diagnostics.get('splits', [])),
-            'error': calibration.get('error', 'committee_mean'),
+            'error': calibration.get('error', LEGACY_ERROR_KIND),
         },
         'tpr': {k: v.get('tpr') for k, v in at_thresholds.items()},
         'ppv': {k: v.get('ppv') for k, v in at_thresholds.items()},

@@ -26,6 +26,7 @@ from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
 from aiida_trainspot.augmentation.workchain import DatasetAugmentationWorkChain
 from aiida_trainspot.data import PESData
 from aiida_trainspot.evaluation.calculation import EvaluationCalculation
+from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND
 from aiida_trainspot.evaluation.operations import calibrate_committee, select_for_labelling
 from aiida_trainspot.exploration.workchain import ExplorationWorkChain
 from aiida_trainspot.labelling.workchain import AbInitioLabellingWorkChain
@@ -145,10 +146,16 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             'calibration',
             valid_type=orm.Dict,
             default=lambda: orm.Dict(
-                {'method': 'least_squares', 'min_points': 5, 'splits': ['validation', 'test']}
+                {
+                    'method': 'least_squares',
+                    'min_points': 5,
+                    'splits': ['validation', 'test'],
+                    'error': DEFAULT_ERROR_KIND,
+                }
             ),
             help='Calibration settings: method (least_squares, median_ratio, huber), min_points, '
-            'splits (the held-out splits fitted on; all labelled frames while too few).',
+            'splits (the held-out splits fitted on; all labelled frames while too few), error '
+            "(members: each member's RMS error, the default; committee_mean: the mean's error).",
         )
         spec.input(
             'selection',

@@ -38,8 +38,9 @@ def evaluated_dataset(n_frames=120, seed=0):
 def test_calibration_recovers_slopes_with_provenance():
     dataset = evaluated_dataset()
     thresholds = orm.Dict({'energy': 1e-3, 'forces': 0.1})
-    outputs = calibrate_committee(dataset, thresholds, orm.Dict({}))
+    outputs = calibrate_committee(dataset, thresholds, orm.Dict({'error': 'committee_mean'}))
     calibration = Calibration.from_dict(outputs['calibration'].get_dict())
+    assert calibration.error == 'committee_mean'
     for name, slope in SLOPES.items():
         assert calibration.slopes[name] == pytest.approx(slope, rel=0.05)
         assert calibration.thresholds[name] == pytest.approx(slope * thresholds[name], rel=0.05)
@@ -54,7 +55,7 @@ def test_calibration_recovers_slopes_with_provenance():
 def test_calibration_against_member_errors_fits_and_scores_them():
     dataset = evaluated_dataset()
     thresholds = orm.Dict({'energy': 1e-3, 'forces': 0.1})
-    outputs = calibrate_committee(dataset, thresholds, orm.Dict({'error': 'members'}))
+    outputs = calibrate_committee(dataset, thresholds, orm.Dict({}))  # the default: members
     calibration = Calibration.from_dict(outputs['calibration'].get_dict())
     assert calibration.error == 'members'
     delta = dataset.get_column('delta_forces')[0]
@@ -66,13 +67,13 @@ def test_calibration_against_member_errors_fits_and_scores_them():
     expected_tpr = (positives & flagged).sum() / positives.sum()
     report = outputs['diagnostics'].get_dict()
     assert report['at_thresholds']['forces']['tpr'] == pytest.approx(expected_tpr)
-    two_frames, previous = dataset.subset([0, 1]), orm.Dict(Calibration({'forces': 0.25}).to_dict())
-    reused = calibrate_committee(two_frames, thresholds, orm.Dict({}), previous=previous)
+    two_frames = dataset.subset([0, 1])
+    previous = orm.Dict(Calibration({'forces': 0.25}, error='committee_mean').to_dict())
+    mean_settings = orm.Dict({'error': 'committee_mean'})
+    reused = calibrate_committee(two_frames, thresholds, mean_settings, previous=previous)
     assert reused['calibration']['reused_previous'] == {'forces': True}
     with pytest.raises(ValueError, match='no property'):  # a mean-error slope is not lent
-        calibrate_committee(
-            two_frames, thresholds, orm.Dict({'error': 'members'}), previous=previous
-        )
+        calibrate_committee(two_frames, thresholds, orm.Dict({}), previous=previous)
 
 
 def test_selection_caps_seeds_and_rejects_unphysical():

@@ -7,6 +7,7 @@ from aiida import orm
 from aiida.engine.utils import instantiate_process
 from aiida.manage import get_manager
 
+from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND
 from aiida_trainspot.workflows.trainspot import TrainsPotWorkChain
 
 from .conftest import carbon_structures
@@ -29,6 +30,7 @@ def test_every_protocol_builds_a_valid_builder(protocol, loop_codes, tersoff_fil
     size = {'fast': 3, 'moderate': 4, 'precise': 8}[protocol]
     assert inputs.training.committee_size.value == size
     assert inputs.error_thresholds.get_dict()['forces'] == (0.2 if protocol == 'fast' else 0.1)
+    assert inputs.calibration.get_dict()['error'] == 'members'
 
 
 def test_overrides_merge_and_unknown_keys_warn(loop_codes, tersoff_file):
@@ -106,3 +108,10 @@ def test_pw_engine_and_bad_codes(loop_codes, pw_code, mtt_code, tersoff_file):
             loop_codes, ['missing.xyz'], protocol='fast', ase_calculator={'name': 'emt'}
         )
     assert isinstance(builder.structures, orm.Data)
+
+
+def test_calibration_port_defaults_to_the_members_errors():
+    """Without a protocol the work chain fits δ to the members' errors, like the protocols."""
+    default = TrainsPotWorkChain.spec().inputs['calibration'].default().get_dict()
+    assert default['error'] == DEFAULT_ERROR_KIND == 'members'
+    assert default['splits'] == ['validation', 'test']

@@ -75,8 +75,8 @@ _FAST_LOOP = {}
 def run_config(tmp_path, codes, seed=3):
     """The YAML of `aiida-trainspot run` for the fast Tersoff campaign of these tests.
 
-    It calibrates against the members' errors, so the campaign tests run that option end to end
-    (the other loop tests run the default, the committee mean's error).
+    It leaves the calibration to the protocol, so the campaign tests check its default (the
+    members' errors) end to end; the calcfunction tests cover the committee mean's.
     """
     for index, atoms in enumerate(carbon_structures()):
         write(tmp_path / f'structure-{index}.xyz', atoms, format='extxyz')
@@ -86,7 +86,7 @@ def run_config(tmp_path, codes, seed=3):
         'codes': {role: code.full_label for role, code in codes.items()},
         'ase_calculator': {'name': 'tersoff'},
         'ase_parameter_file': TERSOFF_FILE,
-        'overrides': {**FAST_OVERRIDES, 'seed': seed, 'calibration': {'error': 'members'}},
+        'overrides': {**FAST_OVERRIDES, 'seed': seed},
     }
     path = tmp_path / 'config.yaml'
     path.write_text(yaml.safe_dump(config))
@@ -141,7 +141,7 @@ def test_fast_loop_with_tersoff_oracle(fast_loop):
     assert 'md' in second['dataset']['by_generation_method']
     assert second['n_labels_total'] == first['n_labels_total'] + first['selection']['selected']
     for record in records:
-        assert record['calibration']['error'] == 'members'
+        assert record['calibration']['error'] == 'members'  # the protocol's default
         # δ never exceeds a member's RMS error, so the least-squares slope cannot exceed one
         assert 0 < record['calibration']['slopes']['forces'] <= 1
         assert np.isfinite(record['rmse']['all']['forces']['committee'])
