@@ -4,8 +4,12 @@ Engines:
 
 - ``qe`` (default): one upstream ``PwBaseWorkChain`` per frame (its error handlers
   included), built with ``get_builder_from_protocol`` on the real frame, so that
-  convergence thresholds scale with its atom count and slabs get
-  ``assume_isolated='2D'``; k-point meshes are 1 along non-periodic directions.
+  convergence thresholds scale with its atom count; k-point meshes are 1 along non-periodic
+  directions. Every frame gets the same DFT settings (``dft_settings``: cutoffs, smearing,
+  spin, k-point density), decided once from every species (:mod:`.dft`), given by the caller
+  (a campaign) or decided here from the dataset's species; they are an output. Frames with
+  non-periodic axes are first padded to ``qe.vacuum`` (2D frames to what the 2D Coulomb cutoff
+  needs), and the padded frames are what the labelled dataset holds.
 - ``ase``: one ``trainspot.ase.label`` job labels the whole dataset with an ASE calculator.
 
 At most ``max_concurrent`` calculations are in flight; a failed frame is recorded
@@ -22,19 +26,48 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from aiida.plugins import WorkflowFactory
-from ase.data import chemical_symbols
 
 from aiida_trainspot.data import PESData
 from aiida_trainspot.workflows import throttle
 
+from . import dft
 from .ase_calculation import AseLabelCalculation
 from .qe_labels import labels_from_qe
+from .qe_settings import check_settings, decide_dft_settings, missing_pseudos
 
 PwBaseWorkChain = WorkflowFactory('quantumespresso.pw.base')
 
 ENGINES = ('qe', 'ase')
-QE_PROTOCOLS = ('fast', 'balanced', 'stringent')
 FORCED_PARAMETERS = {'CONTROL': {'calculation': 'scf', 'tprnfor': True, 'tstress': True}}
+LABEL_KEYS = ('energy', 'forces', 'stress')
+
+
+@calcfunction
+def pad_frames(dataset: PESData, vacuum: orm.Float) -> PESData:
+    """The dataset with every frame short of vacuum padded (:func:`.dft.pad_frame`).
+
+    Frames that have enough vacuum are shared with ``dataset``; the order is kept, and padded
+    frames lose any labels (they were computed for another cell).
+    """
+    from ase import Atoms
+
+    padded = [
+        i for i, atoms in enumerate(dataset.iter_atoms()) if dft.needs_padding(atoms, vacuum.value)
+    ]
+    records = []
+    for record in dataset.subset(padded).to_frames():
+        atoms = Atoms(
+            numbers=record['numbers'],
+            positions=record['positions'],
+            cell=record['cell'],
+            pbc=record['pbc'],
+        )
+        atoms = dft.pad_frame(atoms, vacuum.value)
+        record = {key: value for key, value in record.items() if key not in LABEL_KEYS}
+        records.append({**record, 'positions': atoms.positions, 'cell': atoms.cell.array})
+    joined = PESData.concatenate([dataset, PESData.from_frames(records)])
+    position = {index: len(dataset) + k for k, index in enumerate(padded)}
+    return joined.subset([position.get(i, i) for i in range(len(dataset))])
 
 
 @calcfunction
@@ -69,7 +102,7 @@ def assemble_qe_labels(dataset: PESData, failures: orm.Dict, **results: orm.Data
                 trajectory.get_array('forces')[-1] if 'forces' in arrays else None,
                 trajectory.get_array('stress')[-1] if 'stress' in arrays else None,
                 int(columns.n_atoms[index]),
-                bool(pbc[index].all()),
+                pbc[index],
             )
         except ValueError as exception:
             failed[index] = {'exit_status': 0, 'reason': f'unusable pw.x output: {exception}'}
@@ -142,30 +175,29 @@ def _validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:
     missing = [port for port in ('code', 'pseudo_family') if port not in qe]
     if missing:
         return f'qe: the qe engine needs {", ".join("qe." + p for p in missing)}'
-    return _check_pseudo_family(qe['pseudo_family'].value, dataset)
-
-
-def _check_pseudo_family(label: str, dataset: PESData | None) -> str | None:
-    from aiida_pseudo.groups.family import PseudoPotentialFamily
-
-    family = (
-        orm.QueryBuilder().append(PseudoPotentialFamily, filters={'label': label}).first(flat=True)
-    )
-    if family is None:
-        return f'qe.pseudo_family: no pseudopotential family labelled {label!r} is installed'
-    if dataset is not None:
-        missing = sorted(set(dataset.species) - set(family.elements), key=chemical_symbols.index)
-        if missing:
-            return (
-                f'qe.pseudo_family: family {label!r} has no pseudopotential for {missing}, '
-                'present in the dataset'
-            )
+    species = dataset.species if dataset is not None else []
+    message = missing_pseudos(qe['pseudo_family'].value, species)
+    if message:
+        return f'qe.pseudo_family: {message}'
+    if 'dft_settings' in qe:
+        message = check_settings(qe['dft_settings'].get_dict(), species, qe['pseudo_family'].value)
+        if message:
+            return f'qe.dft_settings: {message}'
     return None
 
 
 def _validate_protocol(value: orm.Str | None, _: Any) -> str | None:
-    if value is not None and value.value not in QE_PROTOCOLS:
-        return f'qe.protocol: unknown protocol {value.value!r}; choose one of {list(QE_PROTOCOLS)}'
+    if value is not None:
+        try:
+            dft.qe_protocol(value.value)
+        except ValueError as exception:
+            return f'qe.protocol: {exception}'
+    return None
+
+
+def _validate_vacuum(value: orm.Float | None, _: Any) -> str | None:
+    if value is not None and not value.value > 0:
+        return f'qe.vacuum: must be a positive length in Å, got {value.value}'
     return None
 
 
@@ -242,7 +274,24 @@ class AbInitioLabellingWorkChain(WorkChain):
             valid_type=orm.Str,
             default=lambda: orm.Str('fast'),
             validator=_validate_protocol,
-            help=f'aiida-quantumespresso protocol: one of {list(QE_PROTOCOLS)}.',
+            help=f'Protocol: one of {list(dft.QE_PROTOCOLS)} (moderate = aiida-quantumespresso '
+            "'balanced', precise = 'stringent').",
+        )
+        spec.input(
+            'qe.vacuum',
+            valid_type=orm.Float,
+            default=lambda: orm.Float(dft.DEFAULT_VACUUM),
+            validator=_validate_vacuum,
+            help='Vacuum (Å) every frame gets along each non-periodic axis before pw.x; 2D frames '
+            'get more where the 2D Coulomb cutoff needs it.',
+        )
+        spec.input(
+            'qe.dft_settings',
+            valid_type=orm.Dict,
+            required=False,
+            help='The DFT settings of every frame (cutoffs, smearing, spin, k-point density), '
+            "as a campaign's labelling stage output them; default: decided from the dataset's "
+            'species, the protocol and the family.',
         )
         spec.input(
             'qe.overrides',
@@ -277,6 +326,7 @@ class AbInitioLabellingWorkChain(WorkChain):
         spec.outline(
             cls.setup,
             if_(cls.is_qe)(
+                cls.prepare_frames,
                 cls.make_structures,
                 while_(cls.has_work)(cls.submit_and_wait),
                 cls.collect_qe,
@@ -297,6 +347,12 @@ class AbInitioLabellingWorkChain(WorkChain):
             help='Frames that failed, with failure_reason and exit_status.',
         )
         spec.output('summary', valid_type=orm.Dict, help='Counts, indices and failure reasons.')
+        spec.output(
+            'dft_settings',
+            valid_type=orm.Dict,
+            required=False,
+            help='The DFT settings every frame was computed with (qe engine).',
+        )
         spec.exit_code(
             401,
             'ERROR_TOO_MANY_FAILURES',
@@ -314,9 +370,32 @@ class AbInitioLabellingWorkChain(WorkChain):
         """Whether the qe engine labels the frames."""
         return self.inputs.engine.value == 'qe'
 
+    def prepare_frames(self) -> None:
+        """Pad frames short of vacuum; decide the DFT settings unless given."""
+        qe = self.inputs.qe
+        dataset = self.inputs.dataset
+        settings = qe.get('dft_settings')
+        vacuum = settings['vacuum'] if settings is not None else qe.vacuum.value
+        if any(dft.needs_padding(atoms, vacuum) for atoms in dataset.iter_atoms()):
+            vacuum_node = qe.vacuum if settings is None else orm.Float(vacuum)
+            dataset = pad_frames(dataset, vacuum_node, metadata={'call_link_label': 'pad'})
+        self.ctx.frames = dataset
+        if settings is None:
+            settings = decide_dft_settings(
+                qe.protocol,
+                qe.pseudo_family,
+                orm.List(dataset.species),
+                qe.overrides if 'overrides' in qe else orm.Dict(),
+                qe.spin_polarised,
+                qe.vacuum,
+                metadata={'call_link_label': 'dft_settings'},
+            )
+        self.ctx.dft_settings = settings
+        self.out('dft_settings', settings)
+
     def make_structures(self) -> None:
         """Turn the frames into StructureData (with provenance)."""
-        self.ctx.structures = frames_to_structures(self.inputs.dataset)
+        self.ctx.structures = frames_to_structures(self.ctx.frames)
 
     def has_work(self) -> bool:
         """Whether frames are still waiting or running."""
@@ -330,14 +409,15 @@ class AbInitioLabellingWorkChain(WorkChain):
         )
 
     def _pw_builder(self, index: int):
-        qe = self.inputs.qe
-        structure = self.ctx.structures[f'frame_{index}']
-        overrides = qe.overrides.get_dict() if 'overrides' in qe else {}
-        overrides = recursive_merge(overrides, {'pseudo_family': qe.pseudo_family.value})
-        overrides = recursive_merge(overrides, {'pw': {'parameters': FORCED_PARAMETERS}})
         from aiida_quantumespresso.common.types import SpinType
 
-        spin = SpinType.COLLINEAR if qe.spin_polarised.value else SpinType.NONE
+        qe = self.inputs.qe
+        settings = self.ctx.dft_settings.get_dict()
+        structure = self.ctx.structures[f'frame_{index}']
+        user = qe.overrides.get_dict() if 'overrides' in qe else {}
+        overrides = dft.builder_overrides(settings, user)
+        overrides = recursive_merge(overrides, {'pw': {'parameters': FORCED_PARAMETERS}})
+        spin = SpinType.COLLINEAR if settings['spin_polarised'] else SpinType.NONE
         options = qe.options.get_dict() if 'options' in qe else None
         with warnings.catch_warnings():
             # the protocol warns on every non-3D frame; 2D frames get assume_isolated='2D' from it
@@ -345,11 +425,17 @@ class AbInitioLabellingWorkChain(WorkChain):
             builder = PwBaseWorkChain.get_builder_from_protocol(
                 qe.code,
                 structure,
-                protocol=qe.protocol.value,
+                protocol=settings['protocol'],
                 overrides=overrides,
                 spin_type=spin,
                 options=options,
             )
+        parameters = builder.pw.parameters.get_dict()
+        isolated = parameters.get('SYSTEM', {}).get('assume_isolated')
+        if isolated == '2D' and not dft.two_d_cutoff_valid(
+            structure.get_ase(), settings['density_tail']
+        ):
+            raise ValueError(f'frame {index}: too little vacuum for the 2D cutoff after padding')
         builder.metadata.call_link_label = f'pw_frame_{index}'
         return builder
 
@@ -367,7 +453,7 @@ class AbInitioLabellingWorkChain(WorkChain):
                     'exit_status': node.exit_status if node.exit_status is not None else -1,
                     'reason': _failure_reason(node),
                 }
-        outputs = assemble_qe_labels(self.inputs.dataset, orm.Dict(failures), **results)
+        outputs = assemble_qe_labels(self.ctx.frames, orm.Dict(failures), **results)
         self._expose(outputs)
 
     def run_ase(self):

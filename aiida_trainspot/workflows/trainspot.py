@@ -29,6 +29,8 @@ from aiida_trainspot.evaluation.calculation import EvaluationCalculation
 from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND
 from aiida_trainspot.evaluation.operations import calibrate_committee, select_for_labelling
 from aiida_trainspot.exploration.workchain import ExplorationWorkChain
+from aiida_trainspot.labelling.dft import DEFAULT_VACUUM
+from aiida_trainspot.labelling.qe_settings import decide_dft_settings
 from aiida_trainspot.labelling.workchain import AbInitioLabellingWorkChain
 from aiida_trainspot.training.model import PotentialModel
 from aiida_trainspot.training.workchain import TrainingWorkChain
@@ -223,6 +225,13 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             'initial_dataset', valid_type=PESData, help='The augmented/input frames before labels.'
         )
         spec.output('summary', valid_type=orm.Dict, help='Stop reason, iterations, labels used.')
+        spec.output(
+            'dft_settings',
+            valid_type=orm.Dict,
+            required=False,
+            help='The DFT settings of every frame the campaign labels with pw.x, decided once '
+            'from every species it can contain (a restart reuses them).',
+        )
         spec.output_namespace(
             'iterations',
             dynamic=True,
@@ -282,6 +291,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         ctx.stop_reason = None
         ctx.pending = None
         ctx.summaries = {}
+        ctx.dft_settings = None
         if ctx.models:
             ctx.stage = 'evaluation' if ctx.explored is not None else 'exploration'
         if 'restart_from' in self.inputs:
@@ -295,6 +305,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             self.report(f'restart: {node.pk} emitted no initial dataset; starting afresh')
             return None
         self.ctx.initial = outputs['initial_dataset']
+        self.ctx.dft_settings = outputs.get('dft_settings')
         iterations = {
             int(key.rsplit('_', 1)[1]): value
             for key, value in outputs.get('iterations', {}).items()
@@ -376,6 +387,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
                     part_0=parts[0], part_1=parts[1], metadata={'call_link_label': 'initial'}
                 )
         self.out('initial_dataset', self.ctx.initial)
+        self._decide_dft_settings()
         first = self.ctx.iteration == 1 and self.ctx.stage == 'labelling'
         if self.ctx.get('resumed') and not first and self.ctx.dataset is not None:
             return
@@ -389,6 +401,43 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         self.report(
             f'initial dataset: {len(self.ctx.initial)} frames, '
             f'{len(partition["labelled"])} labelled'
+        )
+
+    def _labels_with_qe(self) -> bool:
+        labelling = self.inputs.get('labelling', {})
+        engine = labelling['engine'].value if 'engine' in labelling else 'qe'
+        return engine == 'qe' and 'qe' in labelling
+
+    def _decide_dft_settings(self) -> None:
+        """One set of DFT settings for the whole campaign, from every species it can contain.
+
+        Given as ``labelling.qe.dft_settings``, restored from ``restart_from``, or decided here
+        from the initial (augmented) frames and the MD starting pool, so that later iterations,
+        whose frames come from MD, are computed exactly like the first.
+        """
+        if not self._labels_with_qe():
+            return
+        qe = self.inputs.labelling.qe
+        if self.ctx.dft_settings is None and 'dft_settings' in qe:
+            self.ctx.dft_settings = qe.dft_settings
+        if self.ctx.dft_settings is None:
+            species = set(self.ctx.initial.species)
+            if 'md_structures' in self.inputs:
+                species |= set(self.inputs.md_structures.species)
+            self.ctx.dft_settings = decide_dft_settings(
+                qe.get('protocol', orm.Str('fast')),
+                qe.pseudo_family,
+                orm.List(sorted(species)),
+                qe.overrides if 'overrides' in qe else orm.Dict(),
+                qe.get('spin_polarised', orm.Bool(False)),
+                qe.get('vacuum', orm.Float(DEFAULT_VACUUM)),
+                metadata={'call_link_label': 'dft_settings'},
+            )
+        self.out('dft_settings', self.ctx.dft_settings)
+        system = self.ctx.dft_settings['system']
+        self.report(
+            f'DFT settings for {self.ctx.dft_settings["species"]}: ecutwfc {system["ecutwfc"]} '
+            f'Ry, ecutrho {system["ecutrho"]} Ry, protocol {self.ctx.dft_settings["protocol"]}'
         )
 
     # ------------------------------------------------------------------ the loop
@@ -409,6 +458,8 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         """Label the unlabelled initial frames, or the previous iteration's selection."""
         inputs = AttributeDict(self.exposed_inputs(AbInitioLabellingWorkChain, 'labelling'))
         inputs.dataset = self.ctx.to_label
+        if self.ctx.dft_settings is not None:
+            inputs.qe = {**inputs.qe, 'dft_settings': self.ctx.dft_settings}
         inputs.metadata = {'call_link_label': f'{iteration_key(self.ctx.iteration)}_labelling'}
         return ToContext(labelling=self.submit(AbInitioLabellingWorkChain, **inputs))
 
