@@ -1,8 +1,10 @@
 """``aiida-trainspot run | status | plot | export | example``: drive and inspect a campaign.
 
-A run is described by a small YAML file (every key optional but ``structures`` and ``codes``)::
+A run is described by a small YAML file (every key optional but ``codes`` and ``structures``
+or ``dataset``)::
 
     structures: [diamond.xyz, graphite.xyz]   # any format ASE reads; relative to the YAML file
+    dataset: [labelled.xyz]                   # frames whose labels are kept, never recomputed
     protocol: fast                            # fast | moderate | precise
     codes: {pw: pw@localhost, train: mace_run_train@localhost,
             md: trainspot-ase-md@localhost, evaluate: trainspot-evaluate@localhost}
@@ -15,6 +17,8 @@ A run is described by a small YAML file (every key optional but ``structures`` a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -27,6 +31,7 @@ from .data import _load_profile, _one_line, write_extxyz
 CONFIG_KEYS = frozenset(
     {
         'structures',
+        'dataset',
         'protocol',
         'codes',
         'pseudo_family',
@@ -37,6 +42,25 @@ CONFIG_KEYS = frozenset(
     }
 )
 EXAMPLES = Path(__file__).resolve().parents[2] / 'examples'
+
+
+def _unknown_config_keys(path: Path, unknown: list[str]) -> str:
+    """The message for unknown top-level keys: the nearest known key, or where such keys go."""
+    from aiida_trainspot.workflows.inputs import nearest_key, unknown_keys
+
+    message = unknown_keys(str(path), unknown, CONFIG_KEYS)
+    if any(nearest_key(key, CONFIG_KEYS) is None for key in unknown):
+        message += '; inputs of the workflow (max_iterations, training, ...) go under `overrides:`'
+    return message
+
+
+def _paths(config: dict[str, Any], key: str, folder: Path) -> None:
+    """``config[key]`` as a list of absolute paths, relative ones taken from ``folder``."""
+    value = config.get(key)
+    if value is None:
+        return
+    items = [value] if isinstance(value, str) else list(value)
+    config[key] = [str((folder / str(item)).resolve()) for item in items]
 
 
 def read_run_config(path: Path) -> dict[str, Any]:
@@ -53,13 +77,13 @@ def read_run_config(path: Path) -> dict[str, Any]:
         raise click.ClickException(f'{path}: expected a mapping of keys to values')
     unknown = sorted(set(config) - CONFIG_KEYS)
     if unknown:
-        raise click.ClickException(f'{path}: unknown keys {unknown}; known: {sorted(CONFIG_KEYS)}')
-    for key in ('structures', 'codes'):
-        if key not in config:
-            raise click.ClickException(f'{path}: `{key}` is missing')
-    structures = config['structures']
-    structures = [structures] if isinstance(structures, str) else list(structures)
-    config['structures'] = [str((path.parent / s).resolve()) for s in structures]
+        raise click.ClickException(_unknown_config_keys(path, unknown))
+    if 'codes' not in config:
+        raise click.ClickException(f'{path}: `codes` is missing')
+    if 'structures' not in config and 'dataset' not in config:
+        raise click.ClickException(f'{path}: `structures` is missing (or give a `dataset`)')
+    _paths(config, 'structures', path.parent)
+    _paths(config, 'dataset', path.parent)
     if config.get('ase_parameter_file'):
         config['ase_parameter_file'] = str((path.parent / config['ase_parameter_file']).resolve())
     return config
@@ -74,9 +98,10 @@ def build(config: dict[str, Any]) -> Any:
         try:
             builder = TrainsPotWorkChain.get_builder_from_protocol(
                 config['codes'],
-                config['structures'],
+                config.get('structures'),
                 protocol=config.get('protocol'),
                 overrides=config.get('overrides') or {},
+                dataset=config.get('dataset'),
                 pseudo_family=config.get('pseudo_family'),
                 ase_calculator=config.get('ase_calculator'),
                 ase_parameter_file=config.get('ase_parameter_file'),
@@ -255,11 +280,29 @@ def export_run(node: Any, dataset_file: Path | None, models_dir: Path | None) ->
 @click.command('run')
 @click.argument('config_file', metavar='CONFIG.yaml', type=click.Path(path_type=Path))
 @click.option('--daemon', is_flag=True, help='Submit to the daemon and return.')
-def run(config_file: Path, daemon: bool) -> None:
+@click.option(
+    '--dry-run',
+    is_flag=True,
+    help='Build and validate every input as a submission would, print the resolved settings '
+    '(codes, DFT, committee, MD, budgets) and stop: nothing is stored or submitted.',
+)
+def run(config_file: Path, daemon: bool, dry_run: bool) -> None:
     """Run a campaign described by CONFIG.yaml (protocol, structures, codes, overrides)."""
     config = read_run_config(config_file)
     _load_profile()
     builder = build(config)
+    if dry_run:
+        from .dry_run import dry_run_report, validate_builder
+
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # what imported plugins print
+                inputs = validate_builder(builder)
+            report = dry_run_report(inputs, config, config_file)
+        except (ValueError, TypeError, KeyError) as exception:
+            raise click.ClickException(_one_line(exception)) from None
+        click.echo(report)
+        click.echo('dry run: OK, nothing submitted')
+        return
     if daemon:
         from aiida.engine import submit
 

@@ -9,6 +9,7 @@ what the 2D Coulomb cutoff (``assume_isolated='2D'``) needs, before they reach p
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,6 +48,43 @@ def qe_protocol(name: str) -> str:
             f'unknown protocol {name!r}; choose one of {list(QE_PROTOCOLS)} '
             '(moderate = balanced, precise = stringent)'
         ) from None
+
+
+#: Meta inputs of aiida-quantumespresso's protocol: not ports, still valid overrides.
+META_OVERRIDES = {
+    'pseudo_family': None,
+    'meta_parameters': {'conv_thr_per_atom', 'etot_conv_thr_per_atom'},
+}
+
+#: pw.x namelists a ``pw.parameters`` override may hold.
+PW_NAMELISTS = ('CONTROL', 'SYSTEM', 'ELECTRONS', 'IONS', 'CELL', 'FCP', 'RISM')
+
+
+def unknown_override(
+    overrides: Mapping[str, Any], ports: Iterable[str], pw_ports: Iterable[str]
+) -> str | None:
+    """A message naming the first unknown key of ``qe.overrides`` and the nearest known one.
+
+    aiida-quantumespresso merges overrides without looking at their names, so a typo
+    (``kpoints_distanse``) would be ignored and the campaign run on defaults.
+    """
+    levels = [
+        ('', overrides, [*ports, *META_OVERRIDES]),
+        ('pw.', overrides.get('pw') or {}, list(pw_ports)),
+        ('pw.parameters.', (overrides.get('pw') or {}).get('parameters') or {}, PW_NAMELISTS),
+        (
+            'meta_parameters.',
+            overrides.get('meta_parameters') or {},
+            META_OVERRIDES['meta_parameters'],
+        ),
+    ]
+    for prefix, values, known in levels:
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+                hint = f"did you mean '{prefix}{close[0]}'?" if close else f'known: {sorted(known)}'
+                return f"unknown key '{prefix}{key}'; {hint}"
+    return None
 
 
 def max_cutoffs(
@@ -214,5 +252,6 @@ __all__ = (
     'qe_protocol',
     'required_vacuum',
     'two_d_cutoff_valid',
+    'unknown_override',
     'vacuum_along',
 )

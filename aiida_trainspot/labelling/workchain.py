@@ -175,6 +175,11 @@ def _validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:
     missing = [port for port in ('code', 'pseudo_family') if port not in qe]
     if missing:
         return f'qe: the qe engine needs {", ".join("qe." + p for p in missing)}'
+    if 'overrides' in qe:
+        spec = PwBaseWorkChain.spec().inputs
+        message = dft.unknown_override(qe['overrides'].get_dict(), spec, spec['pw'])
+        if message:
+            return f'qe.overrides: {message}'
     species = dataset.species if dataset is not None else []
     message = missing_pseudos(qe['pseudo_family'].value, species)
     if message:

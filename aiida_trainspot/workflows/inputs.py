@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from typing import Any
 
 from aiida import orm
+from ase.data import chemical_symbols
 
 from aiida_trainspot.evaluation.calibration import ERROR_KINDS, METHODS, PROPERTIES
 from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND
@@ -16,11 +20,31 @@ CALIBRATION_KEYS = frozenset({'method', 'min_points', 'splits', 'power_law', 'er
 SPLITS = ('train', 'validation', 'test')
 
 
+def nearest_key(key: str, known: Iterable[str]) -> str | None:
+    """The known key closest to ``key`` (a typo), or None when none is close."""
+    matches = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_keys(where: str, unknown: Iterable[str], known: Iterable[str]) -> str:
+    """``where: unknown keys [...]; did you mean 'b' for 'a'?``, else the known keys."""
+    unknown, known = sorted(unknown), sorted(known)
+    hints = []
+    for key in unknown:
+        match = nearest_key(key, known)
+        if match is not None:
+            hints.append(f'did you mean {match!r} for {key!r}?')
+    if len(hints) < len(unknown):
+        hints.append(f'known: {known}')
+    return f'{where}: unknown keys {unknown}; ' + '; '.join(hints)
+
+
 def validate_error_thresholds(values: dict[str, Any]) -> str | None:
     """Known properties, positive numbers."""
+    unknown = set(values) - set(PROPERTIES)
+    if unknown:
+        return unknown_keys('error_thresholds', unknown, PROPERTIES)
     for name, value in values.items():
-        if name not in PROPERTIES:
-            return f'error_thresholds: unknown property {name!r}; known: {list(PROPERTIES)}'
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             return f'error_thresholds.{name}: must be a positive number, got {value!r}'
     return None
@@ -28,9 +52,9 @@ def validate_error_thresholds(values: dict[str, Any]) -> str | None:
 
 def validate_calibration(values: dict[str, Any]) -> str | None:
     """Known keys, a known method and error kind, min_points >= 2, known splits."""
-    unknown = sorted(set(values) - CALIBRATION_KEYS)
+    unknown = set(values) - CALIBRATION_KEYS
     if unknown:
-        return f'calibration: unknown keys {unknown}; known: {sorted(CALIBRATION_KEYS)}'
+        return unknown_keys('calibration', unknown, CALIBRATION_KEYS)
     if values.get('method', 'least_squares') not in METHODS:
         return f'calibration.method: {values["method"]!r} is not one of {list(METHODS)}'
     if values.get('error', DEFAULT_ERROR_KIND) not in ERROR_KINDS:
@@ -48,6 +72,9 @@ def validate_selection(values: dict[str, Any]) -> str | None:
     """The selection settings parse (``max_selected`` is a separate input)."""
     if 'max_selected' in values:
         return 'selection.max_selected: use the input `max_selected`'
+    known = {field.name for field in fields(SelectionSettings)} - {'max_selected'}
+    if set(values) - known:
+        return unknown_keys('selection', set(values) - known, known)
     try:
         SelectionSettings.from_dict(values)
     except (TypeError, ValueError) as exception:
@@ -120,10 +147,72 @@ def _validate_restart(inputs: dict[str, Any]) -> str | None:
     return None
 
 
+def _alloy_species(augmentation: Mapping[str, Any]) -> list[str]:
+    """Species the alloys augmentation adds (substitutions only swap species already there)."""
+    from aiida_trainspot.augmentation.params import AugmentationParams, ParameterError
+
+    parameters = augmentation.get('parameters')
+    if parameters is None:
+        return []
+    try:
+        alloys = AugmentationParams.from_dict(parameters.get_dict()).alloys
+    except (ParameterError, TypeError, ValueError):
+        return []  # the augmentation's own validator names the problem
+    return list(alloys.alloy_species) if alloys.enabled else []
+
+
+def campaign_species(inputs: Mapping[str, Any]) -> list[str]:
+    """Every species a campaign can contain, by atomic number: the DFT settings must cover all.
+
+    From ``structures``, ``dataset``, ``md_structures`` and ``explored``, plus the alloy species
+    of ``augmentation.parameters``; exploration and selection add no new species.
+    """
+    species = set()
+    for port in ('structures', 'dataset', 'md_structures', 'explored'):
+        dataset = inputs.get(port)
+        if dataset is not None:
+            species.update(dataset.species)
+    species.update(_alloy_species(inputs.get('augmentation') or {}))
+    return sorted(species, key=chemical_symbols.index)
+
+
+def _validate_structures(inputs: Mapping[str, Any]) -> str | None:
+    """``structures`` are relabelled with the campaign's settings: labels there are refused."""
+    from .protocols import DATASET_HINT, labelled_frame
+
+    structures = inputs.get('structures')
+    labelled = labelled_frame(structures) if structures is not None else None
+    if labelled is None:
+        return None
+    index, names = labelled
+    return f'structures: frame {index} carries labels {names}; {DATASET_HINT}'
+
+
+def _validate_qe(inputs: Mapping[str, Any]) -> str | None:
+    """The qe engine: a known protocol, a pseudo family covering every species of the campaign."""
+    from aiida_trainspot.labelling.dft import qe_protocol
+    from aiida_trainspot.labelling.qe_settings import missing_pseudos
+
+    labelling = inputs.get('labelling') or {}
+    engine = labelling.get('engine')
+    qe = labelling.get('qe') or {}
+    if (engine is not None and engine.value != 'qe') or 'pseudo_family' not in qe:
+        return None
+    if 'protocol' in qe:
+        try:
+            qe_protocol(qe['protocol'].value)
+        except ValueError as exception:
+            return f'labelling.qe.protocol: {exception}'
+    species = campaign_species(inputs)
+    message = missing_pseudos(qe['pseudo_family'].value, species) if species else None
+    return f'labelling.qe.pseudo_family: {message}' if message else None
+
+
 def validate_inputs(inputs: dict[str, Any], ctx: Any = None) -> str | None:
     """Cross-checks of the whole input namespace, before anything runs."""
     checks = (
         _validate_start(inputs),
+        _validate_structures(inputs),
         _validate_restart(inputs),
         validate_error_thresholds(inputs['error_thresholds'].get_dict()),
         validate_calibration(inputs['calibration'].get_dict()),
@@ -141,4 +230,4 @@ def validate_inputs(inputs: dict[str, Any], ctx: Any = None) -> str | None:
             'labelling: the loop labels the frames it selects; give labelling.qe (code, '
             'pseudo_family) or labelling.engine = ase with labelling.ase (code, calculator)'
         )
-    return None
+    return _validate_qe(inputs)

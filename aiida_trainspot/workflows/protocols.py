@@ -4,10 +4,16 @@ The protocol file (``aiida_trainspot/protocols/trainspot.yaml``) holds ``default
 the protocols ``fast``, ``moderate`` and ``precise``; the chosen protocol and then the user's
 ``overrides`` are merged over the defaults recursively (aiida-quantumespresso's
 ``ProtocolMixin``). Every value lands on the port of the same name, wrapped in the port's AiiDA
-type; a key that names no port is warned about and ignored, never silently used.
+type; a key that names no port is an error naming the nearest port (a typo must not turn into a
+default silently).
 ``training.parameters`` and ``training.member_parameters`` hold one entry per training engine
 (``{'mace': ..., 'metatrain': ...}``) and the builder takes the train code's; a key there that
 is not an engine (MACE options without the ``mace:`` level) is refused with a ValueError.
+
+``structures`` are augmented and labelled with the campaign's DFT settings, so frames that carry
+energies, forces or stresses are refused there: labelled frames go in ``dataset``, whose labels
+are kept as given and never recomputed (they must come from the campaign's DFT settings, which
+the package cannot check).
 
 The engines follow from the codes' plugins: ``pw`` (quantumespresso.pw) or ``ase_label``
 (trainspot.ase.label) labels; ``train`` is a MACE (trainspot.mace.train) or metatrain
@@ -17,7 +23,6 @@ The engines follow from the codes' plugins: ``pw`` (quantumespresso.pw) or ``ase
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,8 @@ from aiida import orm
 from plumpy.ports import PortNamespace
 
 from aiida_trainspot.data import PESData
+
+from .inputs import nearest_key
 
 TRAINING_ENGINES = {'trainspot.mace.train': 'mace', 'trainspot.metatrain.train': 'metatrain'}
 MD_ENGINES = {'trainspot.ase.md': 'ase', 'lammps.raw': 'lammps'}
@@ -81,34 +88,139 @@ def load_codes(codes: Mapping[str, Any]) -> dict[str, orm.AbstractCode]:
     return loaded
 
 
-def as_dataset(structures: Any) -> PESData:
-    """A PESData from a PESData, ase.Atoms, StructureData or files ASE reads (or a list of them)."""
-    if isinstance(structures, PESData):
-        return structures
-    if isinstance(structures, (str, Path, orm.StructureData)) or hasattr(structures, 'positions'):
-        structures = [structures]
+#: Names of labels in ``atoms.info`` / ``atoms.arrays`` (any case; also with a prefix ``X_``).
+LABEL_NAMES = ('energy', 'free_energy', 'energies', 'forces', 'stress', 'stresses', 'virial')
+#: Label keys written by ``aiida-trainspot export`` / ``data export`` (read by MACE, metatrain).
+REF_KEYS = {'energy': 'REF_energy', 'forces': 'REF_forces', 'stress': 'REF_stress'}
+DATASET_HINT = (
+    "structures are augmented and labelled with the campaign's DFT settings; give labelled "
+    'frames as `dataset` (Python) or the `dataset:` key of the run config: their labels are kept '
+    'as given and never recomputed, so they must come from the same DFT settings as the campaign '
+    '(the package cannot check that)'
+)
+
+
+def _is_label_key(key: str) -> bool:
+    name = key.lower()
+    return any(name == label or name.endswith(f'_{label}') for label in LABEL_NAMES)
+
+
+def _results(atoms: Any) -> dict[str, Any]:
+    return dict(getattr(atoms.calc, 'results', None) or {})
+
+
+def frame_labels(atoms: Any) -> list[str]:
+    """The labels a frame carries: calculator results and label-like ``info``/``arrays`` keys."""
+    keys = [*_results(atoms), *atoms.info, *(k for k in atoms.arrays if k != 'positions')]
+    return sorted({str(key) for key in keys if _is_label_key(str(key))})
+
+
+def read_frames(items: Any, port: str) -> list[tuple[str, Any]]:
+    """``(where, atoms)`` of every frame of ``items``: ase.Atoms, StructureData or files."""
+    if isinstance(items, (str, Path, orm.StructureData)) or hasattr(items, 'positions'):
+        items = [items]
     frames = []
-    for item in structures:
+    for position, item in enumerate(items):
         if isinstance(item, orm.StructureData):
-            frames.append(item.get_ase())
+            frames.append((f'{port}[{position}]', item.get_ase()))
         elif isinstance(item, (str, Path)):
             from ase.io import read
 
             path = Path(item)
             if not path.is_file():
-                raise ValueError(f'structures: no file {str(path)!r}')
-            frames.extend(read(str(path), index=':'))
+                raise ValueError(f'{port}: no file {str(path)!r}')
+            for index, atoms in enumerate(read(str(path), index=':')):
+                frames.append((f'{path.name} frame {index}', atoms))
         elif hasattr(item, 'positions'):
-            frames.append(item)
+            frames.append((f'{port}[{position}]', item))
         else:
-            raise ValueError(f'structures: cannot read a {type(item).__name__}')
+            raise ValueError(f'{port}: cannot read a {type(item).__name__}')
     if not frames:
-        raise ValueError('structures: no structure given')
+        raise ValueError(f'{port}: no structure given')
+    return frames
+
+
+def labelled_frame(dataset: PESData) -> tuple[int, list[str]] | None:
+    """The first frame of ``dataset`` with an energy, forces or stress, and which; else None."""
+    counts = dataset.base.attributes.get('n_labelled', {})
+    names = [name for name in ('energy', 'forces', 'stress') if counts.get(name)]
+    if not names:
+        return None
+    masks = {name: dataset.get_column(name)[1] for name in names}
+    first = min(int(mask.argmax()) for mask in masks.values() if mask.any())
+    return first, [name for name in names if masks[name][first]]
+
+
+def as_dataset(structures: Any) -> PESData:
+    """A PESData from a PESData, ase.Atoms, StructureData or files ASE reads (or a list of them).
+
+    :raises ValueError: when a frame carries labels (see :data:`DATASET_HINT`): dropping them
+        in silence would throw away the user's data, keeping them would mix DFT settings.
+    """
+    if isinstance(structures, PESData):
+        labelled = labelled_frame(structures)
+        if labelled is not None:
+            index, names = labelled
+            raise ValueError(f'structures: frame {index} carries labels {names}; {DATASET_HINT}')
+        return structures
+    frames = read_frames(structures, 'structures')
+    for where, atoms in frames:
+        labels = frame_labels(atoms)
+        if labels:
+            raise ValueError(f'structures: {where} carries labels {labels}; {DATASET_HINT}')
+    frames = [atoms for _, atoms in frames]
     for atoms in frames:
         atoms.calc = None
         for key in [k for k, v in atoms.info.items() if isinstance(v, dict)]:
             del atoms.info[key]
     return PESData.from_ase(frames)
+
+
+def read_dataset(dataset: Any) -> PESData:
+    """A PESData keeping the labels of ``dataset`` (PESData, ase.Atoms, StructureData, files).
+
+    Labels come from the calculator results ASE attaches (``energy=``, ``forces``, ``stress=``
+    of an extxyz) or from the ``REF_`` keys that ``aiida-trainspot export`` writes; a frame with
+    both is refused (which one is the label?). Frames without a ``generation_method`` get
+    ``'user'``, so that the composition records tell them from the campaign's own.
+    """
+    if isinstance(dataset, PESData):
+        return dataset
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for where, atoms in read_frames(dataset, 'dataset'):
+        ref = {
+            name: (atoms.arrays if name == 'forces' else atoms.info).pop(key)
+            for name, key in REF_KEYS.items()
+            if key in (atoms.arrays if name == 'forces' else atoms.info)
+        }
+        if ref and any(name in _results(atoms) for name in REF_KEYS):
+            raise ValueError(
+                f'dataset: {where} has labels both as {sorted(REF_KEYS[n] for n in ref)} and as '
+                'calculator results; keep one of them'
+            )
+        if ref:
+            atoms.calc = SinglePointCalculator(atoms, **ref)
+        atoms.info.setdefault('generation_method', 'user')
+        frames.append(atoms)
+    return PESData.from_ase(frames)
+
+
+def unknown_key_message(where: str, namespace: PortNamespace, path: str) -> str:
+    """``overrides: unknown key 'x.y'; did you mean 'x.z'?`` (or the known keys)."""
+    key = where.rsplit('.', 1)[-1]
+    match = nearest_key(key, namespace)
+    if match is None:  # a key given at the wrong level, e.g. `committee_size` for `training.`
+        nested = [
+            f'{name}.{key}'
+            for name, port in sorted(namespace.items())
+            if isinstance(port, PortNamespace) and key in port
+        ]
+        match = nested[0] if nested else None
+    if match is None:
+        return f'overrides: unknown key {where!r}; known: {sorted(namespace)}'
+    return f'overrides: unknown key {where!r}; did you mean {path + match!r}?'
 
 
 def _wrap(port: Any, value: Any, path: str) -> Any:
@@ -124,14 +236,17 @@ def _wrap(port: Any, value: Any, path: str) -> Any:
 
 
 def fill(builder: Any, namespace: PortNamespace, values: Mapping[str, Any], path: str = '') -> None:
-    """Set ``values`` on the ports of ``namespace``, recursively; warn about unknown keys."""
+    """Set ``values`` on the ports of ``namespace``, recursively.
+
+    :raises ValueError: a key that names no port, with the nearest port (a typo in the
+        overrides would otherwise leave the protocol's value in place unnoticed).
+    """
     for key, value in values.items():
         where = f'{path}{key}'
         if value is None:
             continue
         if key not in namespace:
-            warnings.warn(f'protocol: unknown key {where!r} ignored', UserWarning, stacklevel=3)
-            continue
+            raise ValueError(unknown_key_message(where, namespace, path))
         port = namespace[key]
         if isinstance(port, PortNamespace) and isinstance(value, Mapping) and len(port):
             fill(builder[key], port, value, f'{where}.')
@@ -148,6 +263,7 @@ def builder_from_protocol(
     protocol: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     *,
+    dataset: Any = None,
     pseudo_family: str | None = None,
     ase_calculator: Mapping[str, Any] | None = None,
     ase_parameter_file: Any = None,
@@ -157,7 +273,9 @@ def builder_from_protocol(
 
     :param codes: ``{'pw' | 'ase_label': ..., 'train': ..., 'md': ..., 'evaluate': ...}``, codes
         or their labels.
-    :param structures: what :func:`as_dataset` reads.
+    :param structures: what :func:`as_dataset` reads (unlabelled frames); None with ``dataset``.
+    :param dataset: frames whose labels are kept as given (:func:`read_dataset`): they must
+        come from the campaign's DFT settings; unlabelled ones are labelled in iteration 1.
     :param protocol: ``fast``, ``moderate`` (default) or ``precise``.
     :param overrides: merged over the protocol, e.g. ``{'max_iterations': 3}``.
     :param pseudo_family: the aiida-pseudo family of the ``pw`` engine.
@@ -166,6 +284,16 @@ def builder_from_protocol(
     :param options: ``metadata.options`` of every job (resources, walltime, queue, ...).
     """
     codes = load_codes(codes)
+    if structures is None and dataset is None:
+        raise ValueError('structures: give `structures` (augmented) and/or a `dataset`')
+    _check_engine_overrides(overrides or {}, codes)
+    available = list(cls.get_available_protocols())
+    if protocol is not None and protocol not in available:
+        match = nearest_key(protocol, available)
+        hint = f'did you mean {match!r}? ' if match else ''
+        raise ValueError(
+            f'protocol: unknown protocol {protocol!r}; {hint}choose one of {available}'
+        )
     values = cls.get_protocol_inputs(protocol, dict(overrides or {}))
     values.pop('description', None)
     engine = TRAINING_ENGINES[_plugin(codes['train'])]
@@ -194,9 +322,23 @@ def builder_from_protocol(
         else:
             values['labelling']['ase']['metadata'] = {'options': dict(options)}
     builder = cls.get_builder()
-    builder.structures = as_dataset(structures)
+    if structures is not None:
+        builder.structures = as_dataset(structures)
+    if dataset is not None:
+        builder.dataset = read_dataset(dataset)
     fill(builder, cls.spec().inputs, values)
     return builder
+
+
+def _check_engine_overrides(overrides: Mapping[str, Any], codes: Mapping[str, Any]) -> None:
+    """Refuse overrides of the labelling engine the codes do not choose: they would be dropped."""
+    labelling = overrides.get('labelling') or {}
+    unused = 'ase' if 'pw' in codes else 'qe'
+    if isinstance(labelling, Mapping) and labelling.get(unused):
+        engine = 'qe (codes.pw)' if 'pw' in codes else 'ase (codes.ase_label)'
+        raise ValueError(
+            f'overrides: labelling.{unused} is not used: the codes choose the {engine} engine'
+        )
 
 
 def engine_entry(training: Mapping[str, Any], key: str, engine: str, default: Any) -> Any:
@@ -248,4 +390,11 @@ def _labelling(
     return {**values, 'engine': 'ase', 'ase': ase}
 
 
-__all__ = ('as_dataset', 'builder_from_protocol', 'fill', 'load_codes')
+__all__ = (
+    'as_dataset',
+    'builder_from_protocol',
+    'fill',
+    'frame_labels',
+    'load_codes',
+    'read_dataset',
+)

@@ -421,9 +421,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         if self.ctx.dft_settings is None and 'dft_settings' in qe:
             self.ctx.dft_settings = qe.dft_settings
         if self.ctx.dft_settings is None:
-            species = set(self.ctx.initial.species)
-            if 'md_structures' in self.inputs:
-                species |= set(self.inputs.md_structures.species)
+            species = set(self.ctx.initial.species) | set(checks.campaign_species(self.inputs))
             self.ctx.dft_settings = decide_dft_settings(
                 qe.get('protocol', orm.Str('fast')),
                 qe.pseudo_family,

@@ -30,14 +30,19 @@ def sic_family(aiida_profile):
 
 @pytest.mark.parametrize(
     ('name', 'expected'),
-    [('fast', 'fast'), ('moderate', 'balanced'), ('precise', 'stringent'), ('balanced', 'balanced')],
+    [
+        ('fast', 'fast'),
+        ('moderate', 'balanced'),
+        ('precise', 'stringent'),
+        ('balanced', 'balanced'),
+    ],
 )
 def test_campaign_protocols_map_to_quantumespresso(name, expected):
     assert dft.qe_protocol(name) == expected
 
 
 def test_unknown_protocol_names_the_choices():
-    with pytest.raises(ValueError, match="unknown protocol 'modrate'.*moderate"):
+    with pytest.raises(ValueError, match=r"unknown protocol 'modrate'.*moderate"):
         dft.qe_protocol('modrate')
 
 
@@ -230,3 +235,29 @@ def test_moderate_two_elements_one_setting_for_every_frame(pw_code, sic_family):
         np.testing.assert_allclose(atoms.positions, computed.positions, atol=1e-8)
     energies, _ = results['labelled'].get_column('energy')
     assert np.isfinite(energies).all()
+
+
+@pytest.mark.parametrize(
+    ('overrides', 'expected'),
+    [
+        ({'kpoints_distanse': 0.5}, "'kpoints_distanse'; did you mean 'kpoints_distance'"),
+        ({'pw': {'parameters': {'SYSTM': {}}}}, "'pw.parameters.SYSTM'; did you mean"),
+        ({'meta_parameters': {'conv_thr': 1}}, "'meta_parameters.conv_thr'"),
+    ],
+)
+def test_unknown_overrides_are_refused_at_submission(pw_code, sic_family, overrides, expected):
+    dataset = PESData.from_ase([bulk('SiC', 'zincblende', a=4.36)])
+    with pytest.raises(ValueError, match=expected):
+        run_get_node(
+            AbInitioLabellingWorkChain,
+            dataset=dataset,
+            qe={
+                'code': pw_code,
+                'pseudo_family': orm.Str(SIC_FAMILY),
+                'overrides': orm.Dict(overrides),
+            },
+        )
+    known = {'kpoints_distance': 0.5, 'pw': {'parameters': {'SYSTEM': {'degauss': 0.01}}}}
+    spec = AbInitioLabellingWorkChain.spec().inputs['qe']
+    assert spec.validate({'code': pw_code, 'pseudo_family': orm.Str(SIC_FAMILY)}) is None
+    assert dft.unknown_override(known, ['kpoints_distance', 'pw'], ['parameters']) is None
