@@ -13,7 +13,10 @@ A missing value is stored as NaN (floats), 0 (integers) or '' (strings) *and*
 flagged in the mask, so it can never be mistaken for a real zero.
 
 Units: eV, Å, eV/Å, eV/Å³. Stress in Voigt order (xx, yy, zz, yz, xz, xy) with the
-ASE sign convention (positive = tensile, ``stress = (1/V) dE/dε``).
+ASE sign convention (positive = tensile, ``stress = (1/V) dE/dε``), V the volume of the
+whole cell, vacuum included. Frames periodic along at least two axes carry a stress
+(:func:`carries_stress`): bulk and 2D slabs or layers, whose in-plane components are
+meaningful; clusters, wires and isolated atoms do not.
 """
 
 from __future__ import annotations
@@ -36,10 +39,15 @@ UNITS = {
     'positions': 'Angstrom',
     'cell': 'Angstrom',
 }
+#: Prefix of the text columns that hold ``info`` values which are dicts or lists, as JSON;
+#: converting back to ASE decodes them under the key without the prefix.
+JSON_PREFIX = 'json:'
 STRESS_CONVENTION = (
     'Voigt order xx, yy, zz, yz, xz, xy; ASE sign: stress = (1/V) dE/d(strain), '
     'positive is tensile (pressure = -trace/3)'
 )
+#: Frames periodic along at least this many axes carry a stress (bulk, and 2D frames).
+STRESS_MIN_PERIODIC_AXES = 2
 
 #: Fixed shapes (after the leading dimension) of the well-known columns.
 KNOWN_SHAPES: dict[str, tuple[int, ...]] = {
@@ -156,6 +164,22 @@ class Columns:
         )
 
 
+def carries_stress(pbc: Any, cell: Any = None) -> np.ndarray:
+    """Which frames carry a stress: periodic along at least two axes (and a cell of volume > 0).
+
+    ``pbc`` is (3,) or (F, 3), ``cell`` (3, 3) or (F, 3, 3). The stress of a 2D frame is
+    (1/V) dE/dε with V the whole cell's volume, vacuum included, as pw.x and the models'
+    virial over the volume give it: its in-plane components (xx, yy, xy) describe the layer,
+    the out-of-plane ones are ~0 in vacuum. Along fewer periodic axes there is no plane to
+    strain, so such frames have no stress (missing, never zero).
+    """
+    periodic = np.asarray(pbc, dtype=bool).sum(axis=-1) >= STRESS_MIN_PERIODIC_AXES
+    if cell is not None:
+        volume = np.abs(np.linalg.det(np.asarray(cell, dtype=float)))
+        periodic = periodic & (volume > 1e-12)
+    return periodic
+
+
 def atom_indices(offsets: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """Indices into per-atom arrays of all atoms of ``frames`` (vectorised ranges)."""
     frames = np.asarray(frames, dtype=np.int64)
@@ -180,7 +204,8 @@ def normalise_metadata_value(key: str, value: Any, where: str) -> Any:
     """Return a metadata value the store can hold, or raise naming the key.
 
     Scalars (str, bool, int, float) and numeric arrays are accepted; anything else
-    is rejected rather than silently dropped.
+    is rejected rather than silently dropped. (Dicts and lists never get here: they
+    are stored as JSON, see :func:`encode_json_value`.)
     """
     if isinstance(value, (str, bool, np.bool_)):
         return value
@@ -192,8 +217,60 @@ def normalise_metadata_value(key: str, value: Any, where: str) -> Any:
             return array
     raise ValueError(
         f'{where}: metadata {key!r} has a value of type {type(value).__name__} that a dataset '
-        'cannot store; use a string, a number, a bool or a numeric array (e.g. json.dumps it)'
+        'cannot store; use a string, a number, a bool, a numeric array, or a dict or list '
+        'of JSON values'
     )
+
+
+def is_json_value(value: Any) -> bool:
+    """Whether an ``info`` value is stored as JSON text (a dict or a list)."""
+    return isinstance(value, (dict, list))
+
+
+def json_column(key: str) -> str:
+    """The name of the text column holding the JSON-stored values of ``info[key]``."""
+    return JSON_PREFIX + key
+
+
+def encode_json_value(key: str, value: Any, where: str) -> str:
+    """``value`` (a dict or list) as compact JSON text; raise naming ``key`` if it has no JSON form.
+
+    Numpy arrays and scalars inside become lists and numbers and tuples become lists, so
+    that the value reads back as plain JSON (and ASE's extended XYZ writer can write it).
+    Dict keys must be text: JSON would turn other keys into text without a word.
+    """
+    try:
+        plain = _plain_json(value, f'info[{key!r}]')
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'{where}: info {key!r} cannot be stored as JSON: {exc}') from None
+    return json.dumps(plain, ensure_ascii=False, separators=(',', ':'))
+
+
+def decode_json_value(text: str) -> Any:
+    """The dict or list stored by :func:`encode_json_value`."""
+    return json.loads(text)
+
+
+def _plain_json(value: Any, path: str) -> Any:
+    """``value`` with numpy arrays, numpy scalars and tuples replaced by JSON's own types."""
+    if isinstance(value, dict):
+        out = {}
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise TypeError(
+                    f'{path} has the key {name!r} of type {type(name).__name__}; JSON keys are text'
+                )
+            out[name] = _plain_json(item, f'{path}[{name!r}]')
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(item, f'{path}[{i}]') for i, item in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return _plain_json(value.tolist(), path)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise TypeError(f'{path} is of type {type(value).__name__}, which has no JSON form')
 
 
 def build_column(spec_name: str, values: list[Any], where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -15,10 +15,15 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .columns import (
+    JSON_PREFIX,
     LABEL_COLUMNS,
     STRUCTURE_COLUMNS,
     Columns,
     build_column,
+    decode_json_value,
+    encode_json_value,
+    is_json_value,
+    json_column,
     normalise_metadata_value,
 )
 
@@ -110,6 +115,11 @@ class _Accumulator:
                 # text in every frame (a method, a source): nothing to normalise or mask
                 columns.frame[key] = np.array(list(values.values()), dtype=object)
                 continue
+            nested = [index for index, value in values.items() if is_json_value(value)]
+            if nested:
+                _add_json_column(columns, key, {i: values.pop(i) for i in nested})
+                if not values:
+                    continue
             for index, value in values.items():
                 values[index] = normalise_metadata_value(key, value, f'frame {index}')
             array, mask = build_column(
@@ -279,6 +289,35 @@ def _check_not_reserved(key: str, where: str) -> None:
             f'{where} key {key!r} clashes with a reserved column; name the label keys '
             '(energy_key/forces_key/stress_key) or rename it'
         )
+    if where == 'info' and key.startswith(JSON_PREFIX):
+        raise ValueError(
+            f'info key {key!r} starts with {JSON_PREFIX!r}, which marks the columns of '
+            'JSON-stored dicts and lists; rename it'
+        )
+
+
+def _add_json_column(columns: Columns, key: str, values: dict[int, Any]) -> None:
+    """Store the dict and list values of ``info[key]`` as JSON text in their own column.
+
+    The column is named with :data:`JSON_PREFIX` so that reading decodes it; frames whose
+    ``info[key]`` is a scalar or an array keep it in the ordinary column ``key``.
+    """
+    text = np.full(columns.n_frames, '', dtype=object)
+    mask = np.zeros(columns.n_frames, dtype=bool)
+    for index, value in values.items():
+        text[index] = encode_json_value(key, value, f'frame {index}')
+        mask[index] = True
+    name = json_column(key)
+    columns.frame[name] = text
+    if not mask.all():
+        columns.present[name] = mask
+
+
+def _info_item(name: str, value: Any) -> tuple[str, Any]:
+    """The ``info`` key and value of a metadata column's entry (JSON columns decoded)."""
+    if name.startswith(JSON_PREFIX):
+        return name[len(JSON_PREFIX) :], decode_json_value(value)
+    return name, value.item() if isinstance(value, np.generic) else value
 
 
 def _energy(value: Any, where: str) -> float | None:
@@ -434,7 +473,8 @@ def _atoms_from_columns(
             if key in LABEL_COLUMNS:
                 results[key] = float(value) if key == 'energy' else np.array(value)
             else:
-                atoms.info[key] = value.item() if isinstance(value, np.generic) else value
+                name, value = _info_item(key, value)
+                atoms.info[name] = value
         for key, values, mask in atom_items:
             if not mask[i]:
                 continue
@@ -470,10 +510,13 @@ def frame_records(columns: Columns) -> Sequence[dict[str, Any]]:
         record: dict[str, Any] = {'info': {}, 'arrays': {}}
         for key, values in columns.frame.items():
             if columns.mask(key)[i]:
-                target = (
-                    record if key in STRUCTURE_COLUMNS or key in LABEL_COLUMNS else record['info']
-                )
-                target[key] = values[i]
+                if key in STRUCTURE_COLUMNS or key in LABEL_COLUMNS:
+                    record[key] = values[i]
+                elif key.startswith(JSON_PREFIX):
+                    name, value = _info_item(key, values[i])
+                    record['info'][name] = value
+                else:
+                    record['info'][key] = values[i]
         for key, values in columns.atom.items():
             if columns.mask(key)[i]:
                 target = (

@@ -275,7 +275,8 @@ class EvaluationCalculation(CalcJob):
                 'For each input dataset, the same frames, labels and metadata with the per-frame '
                 f'columns {columns}, with a calibration also '
                 f'{", ".join(ESTIMATED_ERROR_COLUMNS)}, and the per-atom columns {atom_columns}. '
-                'Stress columns are present only for frames periodic along all three axes, '
+                'Stress columns are present only for frames periodic along at least two axes '
+                '(bulk and 2D), '
                 'the eps columns only where the frame has that label. Attribute '
                 '`committee_members`: the member labels in the order of the member axis.'
             ),

@@ -5,13 +5,17 @@ The evaluation job (:mod:`aiida_trainspot.runners.evaluate`) runs every member o
 frames held as :class:`~aiida_trainspot.data.columns.Columns`:
 
 - :func:`predict_member`: one calculator over a list of frames → energies (eV), forces (eV/Å)
-  and, for frames periodic along all three axes only, stresses (eV/Å³, Voigt, ASE sign). With
+  and, for frames periodic along at least two axes (bulk and 2D frames,
+  :func:`~aiida_trainspot.data.columns.carries_stress`), stresses (eV/Å³, Voigt, ASE sign,
+  (1/V) dE/dε with V the whole cell's volume, vacuum included, as the labels). With
   ``batch_size=1`` (the default, and what pays on a CPU) every frame is one ordinary ASE call,
-  exactly what a user of the calculator gets. With ``batch_size > 1`` MACE and metatomic
-  (metatrain) calculators evaluate ``batch_size`` frames per model call (MACE: one
-  ``torch_geometric`` batch through the model; metatomic:
-  ``MetatomicCalculator.compute_energy`` on a list of frames, periodic and non-periodic frames
-  batched apart); the results equal the per-frame ones up to floating-point summation order.
+  exactly what a user of the calculator gets, but for the stress of MACE on a 2D frame: MACE
+  divides the virial by the volume of a cell whose non-periodic vectors it lengthened, which is
+  undone here. With ``batch_size > 1`` MACE and metatomic (metatrain) calculators evaluate
+  ``batch_size`` frames per model call (MACE: one ``torch_geometric`` batch through the model;
+  metatomic: ``MetatomicCalculator.compute_energy`` on a list of frames, fully periodic and
+  other frames batched apart, 2D frames one by one since ``compute_energy`` gives no stress for
+  them); the results equal the per-frame ones up to floating-point summation order.
   Other calculators are always evaluated frame by frame.
 - :func:`predict_committee`: every member on a chunk → :class:`CommitteePredictions`.
 - :func:`prediction_columns`: the per-frame and per-atom columns stored next to the frames
@@ -36,7 +40,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from aiida_trainspot.data.columns import Columns
+from aiida_trainspot.data.columns import Columns, carries_stress
 
 from .calibration import Calibration
 from .disagreement import (
@@ -80,7 +84,7 @@ FRAME_COLUMNS: dict[str, tuple[str, str]] = {
     'energy_members': ('eV', 'total energy of each member, (M,)'),
     'energy_mean': ('eV', 'committee mean of the total energy'),
     'energy_std_per_atom': ('eV/atom', 'std over members of the energy per atom (= delta_energy)'),
-    'stress_members': ('eV/Angstrom^3', 'Voigt stress of each member, (M, 6); periodic frames'),
+    'stress_members': ('eV/Angstrom^3', 'Voigt stress of each member, (M, 6); 3D and 2D frames'),
     'stress_mean': ('eV/Angstrom^3', 'committee mean of the Voigt stress, (6,)'),
     'stress_std': ('eV/Angstrom^3', 'std over members of each Voigt component, (6,)'),
     'delta_energy': ('eV/atom', 'energy disagreement'),
@@ -145,8 +149,18 @@ def frames_as_atoms(columns: Columns) -> list[Atoms]:
 
 
 def periodic_frames(columns: Columns) -> np.ndarray:
-    """(F,) frames periodic along all three axes: the only ones whose stress is predicted."""
-    return np.asarray(columns.frame['pbc'], dtype=bool).reshape(-1, 3).all(axis=1)
+    """(F,) frames whose stress is predicted: periodic along at least two axes (3D and 2D)."""
+    pbc = np.asarray(columns.frame['pbc'], dtype=bool).reshape(-1, 3)
+    return carries_stress(pbc, np.asarray(columns.frame['cell'], dtype=float).reshape(-1, 3, 3))
+
+
+def _stress_frames(frames: Sequence[Atoms]) -> np.ndarray:
+    """(F,) frames of ``frames`` whose stress is computed (see :func:`periodic_frames`)."""
+    return np.array([bool(carries_stress(a.pbc, a.cell.array)) for a in frames], dtype=bool)
+
+
+def _fully_periodic(frames: Sequence[Atoms]) -> np.ndarray:
+    return np.array([bool(np.all(a.pbc)) for a in frames], dtype=bool)
 
 
 # ----------------------------------------------------------------------------- one member
@@ -182,10 +196,10 @@ def predict_member(
     batch_size: int = 1,
     member: int = 0,
 ) -> MemberPredictions:
-    """Energies, forces and (periodic frames) stresses of ``frames`` from one calculator.
+    """Energies, forces and (3D and 2D frames) stresses of ``frames`` from one calculator.
 
-    :param periodic: (F,) frames whose stress is computed (default: those periodic along all
-        three axes).
+    :param periodic: (F,) frames whose stress is computed (default: those periodic along at
+        least two axes, with a cell of non-zero volume).
     :param batch_size: frames per model call; 1 means one ASE call per frame.
     :param member: the member's index, for error messages.
     :raises InferenceError: naming the frame when the calculator fails or returns non-finite
@@ -195,35 +209,64 @@ def predict_member(
         raise ValueError(f'batch_size must be at least 1, got {batch_size}')
     frames = list(frames)
     if periodic is None:
-        periodic = np.array([bool(np.all(a.pbc)) for a in frames], dtype=bool)
+        periodic = _stress_frames(frames)
     periodic = np.asarray(periodic, dtype=bool)
     n_atoms = np.array([len(a) for a in frames], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
     energy = np.full(len(frames), np.nan)
     forces = np.full((int(offsets[-1]), 3), np.nan)
     stress = np.full((len(frames), 6), np.nan)
-    kind = supports_batching(calculator) if batch_size > 1 else None
+    engine = supports_batching(calculator)
+    kind = engine if batch_size > 1 else None
     if kind == 'mace':
         _predict_mace(calculator, frames, periodic, batch_size, energy, forces, stress, member)
     elif kind == 'metatomic':
         _predict_metatomic(calculator, frames, periodic, batch_size, energy, forces, stress, member)
     else:
-        for index, atoms in enumerate(frames):
-            try:
-                atoms.calc = calculator
-                with warnings.catch_warnings():
-                    if not periodic[index]:  # some calculators divide by a zero cell volume
-                        warnings.simplefilter('ignore', RuntimeWarning)
-                    energy[index] = atoms.get_potential_energy()
-                    forces[offsets[index] : offsets[index + 1]] = atoms.get_forces()
-                if periodic[index]:
-                    stress[index] = atoms.get_stress()
-            except Exception as exc:
-                raise InferenceError(member, index, _reason(exc)) from exc
-            finally:
-                atoms.calc = None
+        indices = np.arange(len(frames))
+        _predict_ase(calculator, frames, indices, periodic, energy, forces, stress, member)
+        if engine == 'mace':
+            _mace_stress_to_full_volume(calculator, frames, periodic, stress)
     _check_finite(energy, forces, offsets, member)
     return MemberPredictions(energy=energy, forces=forces, stress=stress)
+
+
+def _predict_ase(calculator, frames, indices, periodic, energy, forces, stress, member):
+    """One ordinary ASE call per frame of ``indices``; the stress where ``periodic``."""
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])]).astype(np.int64)
+    for index in indices:
+        atoms = frames[index]
+        try:
+            atoms.calc = calculator
+            with warnings.catch_warnings():
+                if not np.all(atoms.pbc):
+                    # some calculators divide by a zero cell volume, or warn that the stress
+                    # of a frame with vacuum may be wrong (it is the full cell's, as wanted)
+                    warnings.simplefilter('ignore', RuntimeWarning)
+                    warnings.filterwarnings('ignore', message='stress requested but likely')
+                energy[index] = atoms.get_potential_energy()
+                forces[offsets[index] : offsets[index + 1]] = atoms.get_forces()
+                if periodic[index]:
+                    stress[index] = atoms.get_stress()
+        except Exception as exc:
+            raise InferenceError(member, int(index), _reason(exc)) from exc
+        finally:
+            atoms.calc = None
+
+
+def _mace_stress_to_full_volume(calculator, frames, periodic, stress) -> None:
+    """Rescale a MACE calculator's stress of partially periodic frames to the full cell volume.
+
+    MACE divides the virial by the volume of the cell it built the graph in, whose
+    non-periodic vectors it replaced with long ones of its own; the dataset's convention
+    divides by the frame's own cell, vacuum included (what pw.x does).
+    """
+    from aiida_trainspot.training.mace.config import mace_stress_volume
+
+    for index in np.flatnonzero(periodic & ~_fully_periodic(frames)):
+        atoms = frames[index]
+        used = mace_stress_volume(atoms.positions, atoms.cell.array, atoms.pbc, calculator.r_max)
+        stress[index] *= used / atoms.cell.volume
 
 
 def _reason(exc: BaseException) -> str:
@@ -300,6 +343,12 @@ def _predict_mace(calculator, frames, periodic, batch_size, energy, forces, stre
         voigt = full_3x3_to_voigt_6_stress(result['stress']) * (
             calculator.energy_units_to_eV / calculator.length_units_to_A**3
         )
+        # MACE divides by the volume of its graph's cell, whose non-periodic vectors it
+        # lengthened; the convention is the frame's own cell, vacuum included
+        used = np.abs(np.linalg.det(np.stack([g.cell.detach().cpu().numpy() for g in graphs])))
+        own = np.array([frames[i].cell.volume for i in indices])
+        partial = ~_fully_periodic([frames[i] for i in indices]) & periodic[indices]
+        voigt[partial] *= (used[partial] / own[partial])[:, None]
         keep = periodic[indices]
         stress[indices[keep]] = voigt[keep]
 
@@ -307,13 +356,20 @@ def _predict_mace(calculator, frames, periodic, batch_size, energy, forces, stre
 def _predict_metatomic(calculator, frames, periodic, batch_size, energy, forces, stress, member):
     """Evaluate ``batch_size`` frames per call of ``MetatomicCalculator.compute_energy``.
 
-    Periodic and non-periodic frames go in separate batches: metatomic computes the stresses of a
-    batch only when every frame of it is periodic.
+    Fully periodic and other frames go in separate batches: metatomic computes the stresses of
+    a batch only when every frame of it is periodic along all three axes. The frames with a
+    stress but some non-periodic axis (2D) are evaluated one by one through the calculator's
+    ASE interface, whose stress is (1/V) dE/dε with V the whole cell's volume.
     """
     from ase.stress import full_3x3_to_voigt_6_stress
 
     offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])]).astype(np.int64)
-    groups = _batches(np.flatnonzero(periodic), batch_size)
+    full = _fully_periodic(frames) & periodic
+    partial = periodic & ~full
+    _predict_ase(
+        calculator, frames, np.flatnonzero(partial), periodic, energy, forces, stress, member
+    )
+    groups = _batches(np.flatnonzero(full), batch_size)
     groups += _batches(np.flatnonzero(~periodic), batch_size)
     for indices in groups:
         try:
@@ -337,8 +393,8 @@ def predict_committee(
 ) -> CommitteePredictions:
     """Every member's predictions on the frames of ``columns``.
 
-    Stresses are computed for the frames periodic along all three axes only; the others have no
-    stress prediction (``stress_mask`` False).
+    Stresses are computed for the frames periodic along at least two axes (3D and 2D); the
+    others have no stress prediction (``stress_mask`` False).
     """
     if not calculators:
         raise ValueError('a committee needs at least one calculator')

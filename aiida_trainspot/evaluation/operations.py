@@ -138,8 +138,9 @@ def calibratable(
     """Properties that can be calibrated, and why the others cannot.
 
     A property needs ``min_points`` frames with both δ and ε (stress, for instance, exists only
-    for frames periodic in 3D) or a previous slope to reuse; one without either is left out of
-    the calibration, and so out of the selection criterion, rather than failing the campaign.
+    for frames periodic along two or three axes) or a previous slope to reuse; one without either
+    is left out of the calibration, and so out of the selection criterion, rather than failing
+    the campaign.
     """
     names, skipped = [], {}
     for name in PROPERTIES:

@@ -120,8 +120,8 @@ class AseLabelCalculation(CalcJob):
             'labelled',
             valid_type=PESData,
             help=(
-                'The frames that were labelled, in input order, with energy, forces and (periodic '
-                'frames only) stress; every column of the input is kept.'
+                'The frames that were labelled, in input order, with energy, forces and (frames '
+                'periodic along two or three axes) stress; every column of the input is kept.'
             ),
         )
         spec.output(

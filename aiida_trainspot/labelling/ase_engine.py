@@ -15,8 +15,10 @@ A *calculator spec* is ``{'name': NAME, 'kwargs': {...}}`` where NAME is
   the kwargs (it must be importable where the job runs as well).
 
 Per frame the engine computes the energy (eV) and forces (eV/Å), and the stress
-(eV/Å³, Voigt, ASE sign) only for frames periodic along all three axes: the stress
-of a frame with vacuum is no meaningful label, so it is then *missing*, never zero.
+(eV/Å³, Voigt, ASE sign, (1/V) dE/dε with V the whole cell's volume, vacuum included)
+for frames periodic along at least two axes (bulk and 2D frames, see
+:func:`~aiida_trainspot.data.columns.carries_stress`) when the calculator computes one;
+other frames have none (*missing*, never zero).
 A frame whose calculation raises, or yields a non-finite value, is recorded as
 failed with its reason (``ExceptionClass: message``); the others go on.
 """
@@ -32,8 +34,9 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 
-from aiida_trainspot.data.columns import Columns
+from aiida_trainspot.data.columns import Columns, carries_stress
 
 #: Files of the job folder (all relative: the job runs unchanged on a remote computer).
 FRAMES_FILE = 'frames.h5'
@@ -191,8 +194,11 @@ def label_atoms(atoms: Atoms, calculator: Any) -> tuple[float, np.ndarray, np.nd
     if not np.isfinite(forces).all():
         raise FloatingPointError('non-finite forces')
     stress = None
-    if atoms.pbc.all() and _implements(calculator, 'stress'):
-        stress = np.array(atoms.get_stress(voigt=True), dtype=float).reshape(-1)
+    if carries_stress(atoms.pbc, atoms.cell.array) and _implements(calculator, 'stress'):
+        try:
+            stress = np.array(atoms.get_stress(voigt=True), dtype=float).reshape(-1)
+        except PropertyNotImplementedError:  # e.g. a calculator's stress is for 3D cells only
+            return energy, forces, None
         if stress.shape != (6,):
             raise ValueError(f'stress of shape {stress.shape}, expected 6 Voigt components')
         if not np.isfinite(stress).all():

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from qe_tools import CONSTANTS
 
+from aiida_trainspot.data.columns import carries_stress
+
 #: GPa -> eV/Å³ with the constants aiida-quantumespresso's parser used for the inverse.
 GPA_TO_EV_PER_ANG3 = (
     1e9 * CONSTANTS.bohr_si**3 / CONSTANTS.ry_si * CONSTANTS.ry_to_ev / CONSTANTS.bohr_to_ang**3
@@ -31,13 +33,15 @@ def stress_to_ase(stress_gpa: np.ndarray) -> np.ndarray:
 
 
 def labels_from_qe(
-    energy_ev: Any, forces: Any, stress_gpa: Any, n_atoms: int, periodic: bool
+    energy_ev: Any, forces: Any, stress_gpa: Any, n_atoms: int, pbc: Any
 ) -> tuple[float, np.ndarray, np.ndarray | None]:
     """Check and convert the results of one pw.x run; raise ValueError naming what is wrong.
 
-    The stress is kept only for frames periodic in all three directions: in a
-    cell with vacuum it is divided by a volume that is mostly empty space and is
-    not a property of the material (it is then missing, never zero).
+    ``pbc`` is the frame's periodicity (3 bools). The stress is kept for frames periodic
+    along at least two axes (:func:`~aiida_trainspot.data.columns.carries_stress`): bulk,
+    and 2D frames, whose stress pw.x gives as (1/V) dE/dε with V the whole cell's volume,
+    vacuum included (the in-plane xx, yy, xy describe the layer). Frames periodic along
+    fewer axes get none (missing, never zero).
     """
     if energy_ev is None:
         raise ValueError('no energy in the output')
@@ -48,7 +52,7 @@ def labels_from_qe(
     if forces.shape != (n_atoms, 3):
         raise ValueError(f'forces have shape {forces.shape}, expected ({n_atoms}, 3)')
     stress = None
-    if periodic:
+    if bool(carries_stress(pbc)):
         if stress_gpa is None:
             raise ValueError('no stress in the output (tstress)')
         stress = stress_to_ase(stress_gpa)

@@ -171,8 +171,6 @@ def as_dataset(structures: Any) -> PESData:
     frames = [atoms for _, atoms in frames]
     for atoms in frames:
         atoms.calc = None
-        for key in [k for k, v in atoms.info.items() if isinstance(v, dict)]:
-            del atoms.info[key]
     return PESData.from_ase(frames)
 
 

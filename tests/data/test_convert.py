@@ -4,18 +4,27 @@ Labels come from the calculator's results (or named info/arrays keys), a missing
 *and* absent in the mask, shapes are checked frame by frame when the fast path cannot apply.
 """
 
+import io
+import json
+import re
+
 import numpy as np
 import pytest
 from ase import Atoms
+from ase.build import bulk, fcc111
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from aiida_trainspot.data import PESData
 from aiida_trainspot.data.convert import (
+    atoms_from_columns,
     columns_from_atoms,
     columns_from_frames,
+    frame_records,
     voigt_stress,
     write_labelled_extxyz,
 )
+from aiida_trainspot.data.store import read_shard, shard_bytes
 
 
 def _atoms(n, shift=0.0):
@@ -192,3 +201,92 @@ def test_labelled_extxyz_puts_every_present_label_under_the_reference_keys(tmp_p
     assert back[3].info['REF_energy'] == pytest.approx(live.get_potential_energy())
     np.testing.assert_allclose(back[3].arrays['REF_forces'], live.get_forces(), atol=1e-8)
     assert back[4].info['REF_energy'] == 7.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Dicts and lists in ``atoms.info`` are stored as JSON and read back as the same values.
+
+
+def _plain(value):
+    """``value`` with numpy arrays, numpy scalars and tuples as JSON's lists and numbers."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(item) for item in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _assert_json_equal(got, expected):
+    """Equal once numpy/tuples are made plain, and only made of JSON's own types."""
+    assert got == _plain(expected)
+    assert json.loads(json.dumps(got)) == got  # nothing but dicts, lists, text and numbers
+
+
+def test_slab_adsorbate_info_round_trips_through_a_stored_dataset():
+    slab = fcc111('Cu', (2, 2, 3), vacuum=6.0)
+    expected = slab.info['adsorbate_info']  # a dict holding a numpy array and tuples
+    assert isinstance(expected, dict) and isinstance(expected['cell'], np.ndarray)
+    node = PESData.from_ase([slab, bulk('Cu', 'fcc', a=3.6)]).store()
+    back = PESData.collection.get(pk=node.pk)
+    got = back.get_atoms(0).info['adsorbate_info']
+    _assert_json_equal(got, expected)
+    np.testing.assert_array_equal(got['cell'], expected['cell'])  # floats exact, not rounded
+    assert back.to_ase()[0].info == {'adsorbate_info': got}
+    assert 'adsorbate_info' not in back.get_atoms(1).info  # absent, not an empty dict
+    assert back.to_frames()[0]['info']['adsorbate_info'] == got
+    assert node.base.attributes.get('metadata_columns') == ['json:adsorbate_info', 'tags']
+
+
+def test_list_values_and_nested_dicts_with_numpy_values():
+    frames = [_atoms(2, shift=k) for k in range(3)]
+    frames[0].info['history'] = ['rattle', 0.05, 7, True, None]
+    frames[1].info['history'] = []
+    frames[1].info['params'] = {
+        'strain': np.array([[1.0, 0.01], [0.0, 0.99]]),
+        'seed': np.int64(12),
+        'scale': np.float32(0.5),
+        'flags': (np.bool_(True), 'x'),
+        'inner': {'steps': [np.arange(3), {'deep': np.float64(-2.25)}]},
+    }
+    frames[2].info['params'] = 3.5  # a scalar under the same key in another frame
+    columns = columns_from_atoms(frames)
+    assert columns.mask('json:history').tolist() == [True, True, False]
+    assert columns.mask('json:params').tolist() == [False, True, False]
+    assert columns.mask('params').tolist() == [False, False, True]
+    back = atoms_from_columns(read_shard(io.BytesIO(shard_bytes(columns))))
+    assert back[0].info['history'] == ['rattle', 0.05, 7, True, None]
+    assert back[1].info['history'] == []
+    params = back[1].info['params']
+    _assert_json_equal(params, frames[1].info['params'])
+    assert params['inner']['steps'] == [[0, 1, 2], {'deep': -2.25}]
+    assert type(params['seed']) is int and type(params['scale']) is float
+    assert back[2].info == {'params': 3.5}
+    # frame dictionaries take and give the same values
+    records = frame_records(columns_from_frames([{**r} for r in frame_records(columns)]))
+    assert records[1]['info']['params'] == params
+
+
+@pytest.mark.parametrize(
+    ('value', 'where'),
+    [
+        ({'ok': 1, 'bad': object()}, r"info\['meta'\]\['bad'\] is of type object"),
+        ([1, {'z': 1j}], r"info\['meta'\]\[1\]\['z'\] is of type complex"),
+        ({3: 'three'}, r'the key 3 of type int; JSON keys are text'),
+        ({'when': np.datetime64('2024-01-01')}, r"info\['meta'\]\['when'\] is of type"),
+    ],
+    ids=['object', 'complex', 'int-key', 'datetime'],
+)
+def test_values_without_a_json_form_are_refused_naming_the_key(value, where):
+    frames = [_atoms(2), _atoms(2, shift=1.0)]
+    frames[0].info['meta'] = {'fine': [1, 2]}
+    frames[1].info['meta'] = value
+    with pytest.raises(ValueError, match=r"frame 1: info 'meta' cannot be stored as JSON") as info:
+        columns_from_atoms(frames)
+    assert re.search(where, str(info.value)), info.value
+
+
+def test_info_keys_with_the_json_prefix_are_refused():
+    atoms = _atoms(2)
+    atoms.info['json:meta'] = 'text'
+    with pytest.raises(ValueError, match="info key 'json:meta' starts with 'json:'"):
+        columns_from_atoms([atoms])

@@ -68,7 +68,7 @@ def mixed_atoms():
         atoms.set_tags(np.arange(len(atoms)) - 3)
         frames.append(atoms)
     slab = fcc111('Cu', (2, 2, 3), a=3.6, vacuum=6.0)
-    del slab.info['adsorbate_info']  # a dict: refused (see test_validation)
+    del slab.info['adsorbate_info']  # a dict, stored as JSON: its round trip is in test_convert
     slab.rattle(0.02, seed=7)
     frames.append(labelled(slab, stress=False))  # energy + forces, no stress
     frames[-1].info.update(generation_method='slab', step=10)
@@ -704,8 +704,8 @@ def test_bad_input_raises_naming_the_frame(mixed):
     # unless validation is turned off explicitly
     assert len(PESData.from_ase(overlapping, validate=False)) == len(mixed)
     frames = [a.copy() for a in mixed]
-    frames[7].info['parameters'] = {'cutoff': 5}
-    with pytest.raises(ValueError, match="frame 7: metadata 'parameters'"):
+    frames[7].info['parameters'] = {'cutoff': object()}
+    with pytest.raises(ValueError, match="frame 7: info 'parameters' cannot be stored as JSON"):
         PESData.from_ase(frames)
     with pytest.raises(ValueError, match=r"frame 0: unknown keys \['label'\]"):
         PESData.from_frames([{'numbers': [1], 'positions': [[0, 0, 0]], 'label': 1}])

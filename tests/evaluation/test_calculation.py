@@ -96,14 +96,33 @@ def direct_predictions(models, dataset) -> CommitteePredictions:
                 atoms.calc = calculator
                 energy.append(atoms.get_potential_energy())
                 force.append(atoms.get_forces())
-                stress.append(atoms.get_stress() if atoms.pbc.all() else np.full(6, np.nan))
+                if atoms.pbc.sum() < 2:  # 0D and 1D frames: no stress
+                    stress.append(np.full(6, np.nan))
+                else:
+                    stress.append(atoms.get_stress() * model_volume(calculator, atoms))
         energies.append(energy)
         forces.append(np.concatenate(force))
         stresses.append(stress)
-    periodic = np.array([atoms.pbc.all() for atoms in frames])
+    periodic = np.array([atoms.pbc.sum() >= 2 for atoms in frames])  # bulk and 2D frames
     return CommitteePredictions(
         dataset.n_atoms_per_frame(), energies, forces, stresses, stress_mask=periodic
     )
+
+
+def model_volume(calculator, atoms) -> float:
+    """The volume a calculator's ASE stress is over, as a fraction of the frame's own volume.
+
+    MACE divides a frame's virial by the volume of a cell whose non-periodic vectors it
+    lengthened (its ``get_neighborhood``); the predictions are over the frame's own volume.
+    """
+    if atoms.pbc.all() or not hasattr(calculator, 'r_max'):
+        return 1.0
+    from mace.data.neighborhood import get_neighborhood
+
+    _, _, _, cell = get_neighborhood(
+        atoms.positions, calculator.r_max, tuple(atoms.pbc), atoms.cell.array.copy()
+    )
+    return abs(np.linalg.det(cell)) / atoms.cell.volume
 
 
 def labels_of(dataset) -> ReferenceLabels:
@@ -235,9 +254,10 @@ def test_mace_committee(mace_run, committees, datasets):
     check_predictions(labelled, datasets['labelled'], expected, CALIBRATION, labels)
     expected_explored = direct_predictions(models, datasets['explored'])
     check_predictions(explored, datasets['explored'], expected_explored, CALIBRATION)
-    # non-periodic frames (slab, cluster, lone atom) carry no stress prediction
+    # bulk and the slab (periodic along two axes) carry a stress prediction; the cluster and
+    # the lone atom none
     _, mask = explored.get_column('stress_members')
-    assert list(mask) == [True, True, False, True, True, False, False]
+    assert list(mask) == [True, True, True, True, True, False, False]
 
     metrics = results['metrics'].get_dict()
     assert metrics['members'] == ['member_0', 'member_1']
@@ -262,9 +282,9 @@ def test_mace_committee(mace_run, committees, datasets):
     unlabelled = metrics['datasets']['explored']
     assert set(unlabelled['splits']) == {'all'}
     assert unlabelled['splits']['all']['energy']['committee_rmse'] is None
-    assert unlabelled['n_stress_predicted'] == 4
+    assert unlabelled['n_stress_predicted'] == 5
     summary = unlabelled['disagreement']
-    assert summary['delta_stress']['n_frames'] == 4
+    assert summary['delta_stress']['n_frames'] == 5
     delta = committee_disagreement(expected_explored)
     assert summary['delta_forces']['max'] == pytest.approx(delta.forces.max(), rel=1e-10)
     above = {k: int((delta[k] > t).sum()) for k, t in CALIBRATION.thresholds.items()}

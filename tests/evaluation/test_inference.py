@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import bulk, diamond100
+from ase.build import bulk, diamond100, graphene
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
+from ase.calculators.fd import calculate_numerical_stress
 
 from aiida_trainspot.data.columns import Columns, concatenate_columns
 from aiida_trainspot.data.convert import columns_from_atoms
@@ -55,7 +56,11 @@ def mixed_frames() -> list[Atoms]:
 
 
 def direct(calculator, frames):
-    """Plain ASE, one frame at a time: energy, forces, stress (None unless fully periodic)."""
+    """Plain ASE, one frame at a time: energy, forces, stress (None unless fully periodic).
+
+    (The stress of 2D frames is checked against finite differences instead: MACE's own ASE
+    stress of a frame with vacuum is over another volume.)
+    """
     out = []
     for atoms in frames:
         atoms = atoms.copy()
@@ -82,7 +87,9 @@ def check_member(result, expected, frames, rtol=0.0, atol=0.0):
         result.forces, np.concatenate([f for _, f, _ in expected]), rtol=rtol, atol=atol
     )
     periodic = np.array([a.pbc.all() for a in frames])
-    assert np.isnan(result.stress[~periodic]).all()
+    with_stress = np.array([a.pbc.sum() >= 2 for a in frames])  # bulk and 2D frames
+    assert np.isnan(result.stress[~with_stress]).all()
+    assert np.isfinite(result.stress[with_stress]).all()
     expected_stress = np.reshape([s for _, _, s in expected if s is not None], (-1, 6))
     np.testing.assert_allclose(result.stress[periodic], expected_stress, rtol=rtol, atol=atol)
 
@@ -108,6 +115,61 @@ def test_batched_equals_per_frame(calculators, engine, batch_size):
     expected = direct(calculator, frames)
     result = predict_member(calculator, frames, batch_size=batch_size)
     check_member(result, expected, frames, rtol=1e-10, atol=1e-10)
+    # the slab's stress (2D) too: batched MACE rescales with its graph's cell, per frame with
+    # MACE's neighbourhood function; metatomic evaluates 2D frames one by one either way
+    slab = np.array([a.pbc.tolist() == [True, True, False] for a in frames])
+    assert slab.sum() == 1
+    per_frame = predict_member(calculator, frames)
+    np.testing.assert_allclose(result.stress[slab], per_frame.stress[slab], rtol=1e-10, atol=1e-12)
+
+
+def layer_wire_cluster():
+    """Graphene (periodic along x and y, 16 Å of vacuum), a carbon wire (x only), a cluster."""
+    layer = graphene(a=2.46, vacuum=8.0)  # c = 16 Å
+    layer.positions += np.random.default_rng(4).normal(0.0, 0.02, layer.positions.shape)
+    wire = Atoms('C2', positions=[[0, 5, 5], [1.3, 5.1, 5]], cell=[2.6, 10, 10], pbc=[1, 0, 0])
+    cluster = Atoms('C3', positions=[[0, 0, 0], [1.35, 0, 0], [0.6, 1.2, 0.1]])
+    return [layer, wire, cluster]
+
+
+def strained_energy(calculator, atoms, strain):
+    """Energy of ``atoms`` with cell and positions scaled by 1 + strain along x."""
+    atoms = atoms.copy()
+    atoms.set_cell(atoms.cell.array @ np.diag([1.0 + strain, 1.0, 1.0]), scale_atoms=True)
+    atoms.calc = calculator
+    return atoms.get_potential_energy()
+
+
+@pytest.mark.parametrize('engine', ['mace', 'metatrain'])
+@pytest.mark.parametrize('batch_size', [1, 4])
+def test_2d_stress_is_the_full_volume_strain_derivative(calculators, engine, batch_size):
+    frames = layer_wire_cluster()
+    committee = calculators[engine]
+    result = predict_member(committee[0], frames, batch_size=batch_size)
+    assert np.isfinite(result.stress[0]).all()  # the layer has a stress ...
+    assert np.isnan(result.stress[1:]).all()  # ... the wire (1D) and the cluster (0D) none
+    layer = frames[0]
+    volume = layer.cell.volume  # the whole cell, vacuum included
+    h = 1e-5
+    finite_difference = (
+        strained_energy(committee[0], layer, h) - strained_energy(committee[0], layer, -h)
+    ) / (2 * h * volume)
+    assert abs(finite_difference) > 1e-4  # a stress worth comparing
+    assert result.stress[0, 0] == pytest.approx(finite_difference, rel=1e-6)
+    # every component, from ASE's finite differences of the energy (also over the full volume)
+    atoms = layer.copy()
+    atoms.calc = committee[0]
+    numerical = calculate_numerical_stress(atoms, eps=1e-5, force_consistent=False)
+    np.testing.assert_allclose(result.stress[0], numerical, rtol=1e-6, atol=1e-9)
+    # the committee's stress disagreement is there for the layer only
+    columns = columns_from_atoms(frames)
+    predictions = predict_committee(committee, columns, batch_size=batch_size)
+    assert predictions.stress_present().tolist() == [True, False, False]
+    delta = committee_disagreement(predictions)
+    assert np.isfinite(delta.stress[0]) and delta.stress[0] > 0
+    assert np.isnan(delta.stress[1:]).all()
+    out = prediction_columns(predictions)
+    assert out.mask('delta_stress').tolist() == [True, False, False]
 
 
 def test_mace_batched_float32(tiny_committee_files):

@@ -51,7 +51,7 @@ def emt_frames() -> list[Atoms]:
 def reference(atoms: Atoms, calculator):
     atoms = atoms.copy()
     atoms.calc = calculator
-    stress = atoms.get_stress() if atoms.pbc.all() else None
+    stress = atoms.get_stress() if atoms.pbc.sum() >= 2 else None  # bulk and 2D frames
     return atoms.get_potential_energy(), atoms.get_forces(), stress
 
 
@@ -87,7 +87,7 @@ def test_emt_labels_200_frames_in_one_job(ase_code):
     assert summary['n_frames'] == 200
     assert summary['n_labelled'] == 199
     assert summary['n_failed'] == 1
-    assert summary['n_stress'] == 179
+    assert summary['n_stress'] == 189  # 179 bulk and 10 slabs
     assert summary['failed_indices'] == [57]
     assert summary['failure_reasons'] == {'57': 'NotImplementedError: No EMT-potential for Fe'}
     ok = summary['labelled_indices']
@@ -123,7 +123,7 @@ def test_emt_labels_200_frames_in_one_job(ase_code):
     assert labelled.base.attributes.get('n_labelled') == {
         'energy': 199,
         'forces': 199,
-        'stress': 179,
+        'stress': 189,
     }
 
     assert len(failed) == 1

@@ -11,6 +11,7 @@ from ase import Atoms
 from ase.build import bulk, fcc111
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
+from ase.calculators.fd import calculate_numerical_stress
 from ase.calculators.lj import LennardJones
 from ase.calculators.tersoff import Tersoff
 from ase.cluster import Octahedron
@@ -39,7 +40,7 @@ def cu_bulk(seed: int) -> Atoms:
 
 def cu_slab() -> Atoms:
     atoms = fcc111('Cu', size=(2, 2, 3), vacuum=6.0)
-    atoms.info.clear()  # ASE's adsorbate_info is a dict, which a dataset does not store
+    atoms.info.clear()  # no ASE adsorbate_info: these tests compare bare frames
     atoms.rattle(0.02, seed=7)
     return atoms
 
@@ -59,7 +60,7 @@ def with_fe(atoms: Atoms) -> Atoms:
 def direct(atoms: Atoms, calculator) -> tuple[float, np.ndarray, np.ndarray | None]:
     atoms = atoms.copy()
     atoms.calc = calculator
-    stress = atoms.get_stress() if atoms.pbc.all() else None
+    stress = atoms.get_stress() if atoms.pbc.sum() >= 2 else None  # bulk and 2D frames
     return atoms.get_potential_energy(), atoms.get_forces(), stress
 
 
@@ -141,9 +142,15 @@ def test_label_columns_matches_ase_and_records_failures():
     assert errors == ['', '', '', 'NotImplementedError: No EMT-potential for Fe', '']
     np.testing.assert_array_equal(labels.mask('energy'), [True, True, True, False, True])
     np.testing.assert_array_equal(labels.mask('forces'), [True, True, True, False, True])
-    # only the frames periodic along all three axes get a stress: missing (NaN), not zero
-    np.testing.assert_array_equal(labels.mask('stress'), [True, False, False, False, True])
-    assert np.isnan(labels.frame['stress'][[1, 2, 3]]).all()
+    # bulk and the slab (periodic along two axes) get a stress; the cluster none: NaN, not zero
+    np.testing.assert_array_equal(labels.mask('stress'), [True, True, False, False, True])
+    assert np.isnan(labels.frame['stress'][[2, 3]]).all()
+    # the slab's stress is (1/V) dE/dε with V the whole cell, vacuum included
+    slab = frames[1].copy()
+    slab.calc = EMT()
+    numerical = calculate_numerical_stress(slab, eps=1e-5, force_consistent=False)
+    assert np.abs(numerical[[0, 1, 5]]).max() > 1e-3  # a real in-plane stress to compare
+    np.testing.assert_allclose(labels.frame['stress'][1], numerical, rtol=0, atol=1e-8)
     assert np.isnan(labels.frame['energy'][3])
 
     offsets = labels.offsets

@@ -311,6 +311,66 @@ def test_job_folder(labelled_carbon_frames, mace_code, tmp_path, monkeypatch):
     assert 'REF_stress' not in (folder / 'train.xyz').read_text()
 
 
+def test_2d_stress_is_written_as_mace_needs_it(labelled_carbon_frames, mace_code, tmp_path):
+    """MACE divides a 2D frame's virial by its own, lengthened cell: the label is scaled to it.
+
+    Read back through MACE's own data pipeline, the virial MACE trains on (its stress label
+    times the volume of the graph's cell) is the dataset's stress times the frame's volume,
+    for the graphene layer and the bulk frames alike.
+    """
+    from ase.build import graphene
+    from ase.io import read
+    from mace.data import AtomicData, KeySpecification, config_from_atoms
+    from mace.tools import AtomicNumberTable, torch_tools
+
+    layer = graphene(a=2.46, vacuum=8.0)  # pbc (T, T, F), c = 16 Å
+    layer.positions += np.random.default_rng(1).normal(0.0, 0.02, layer.positions.shape)
+    label = np.array([-0.012, -0.011, 1e-5, 2e-6, -3e-6, 0.004])
+    layer.calc = SinglePointCalculator(layer, energy=-18.0, forces=np.zeros((2, 3)), stress=label)
+    training = PESData.from_ase([*labelled_carbon_frames[:6], layer])
+    validation = PESData.from_ase(labelled_carbon_frames[24:27])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        _, node = run_get_node(
+            MaceTrainCalculation,
+            code=mace_code,
+            training=training,
+            validation=validation,
+            seed=orm.Int(1),
+            parameters=orm.Dict(TINY),
+            metadata={'dry_run': True, 'store_provenance': False},
+        )
+    folder = tmp_path / node.dry_run_info['folder']
+    config = yaml.safe_load((folder / 'config.yaml').read_text())
+    assert config['loss'] == 'stress'
+    written = read(folder / 'train.xyz', index=':')
+    keys = KeySpecification(
+        info_keys={'energy': 'REF_energy', 'stress': 'REF_stress'},
+        arrays_keys={'forces': 'REF_forces'},
+    )
+    expected = [*labelled_carbon_frames[:6], layer]
+    with torch_tools.default_dtype('float64'):
+        for atoms, source in zip(written, expected, strict=True):
+            graph = AtomicData.from_config(
+                config_from_atoms(atoms, key_specification=keys),
+                z_table=AtomicNumberTable([6]),
+                cutoff=config['r_max'],
+            )
+            volume = abs(float(np.linalg.det(graph.cell.numpy())))
+            trained = graph.stress.numpy().reshape(3, 3) * volume
+            own = source.get_stress(voigt=False) * source.cell.volume
+            np.testing.assert_allclose(trained, own, rtol=1e-7, atol=1e-10)
+    # the layer's label was scaled (MACE's cell is longer along the vacuum); bulk ones were not
+    assert written[-1].info['REF_stress'][0] / label[0] < 0.5
+    np.testing.assert_allclose(
+        np.ravel(written[0].info['REF_stress']),
+        labelled_carbon_frames[0].get_stress(),
+        rtol=1e-7,
+    )
+    # a validation set of bulk frames only is left as the shared writer wrote it
+    assert 'REF_stress' in (folder / 'valid.xyz').read_text()
+
+
 # ------------------------------------------------------------------------------- real runs
 
 

@@ -6,6 +6,7 @@ import yaml
 from aiida import orm
 from aiida.engine import run_get_node
 from aiida.plugins import CalculationFactory, ParserFactory
+from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
@@ -299,6 +300,29 @@ def test_dataset_written_for_metatrain(labelled_carbon_frames, tmp_path):
 
 
 # ----------------------------------------------------------------------------- submission checks
+def test_2d_stress_is_written_and_read_by_metatrain_over_the_full_volume(tmp_path):
+    """A graphene layer's stress goes to metatrain as it is; metatrain trains on stress x volume.
+
+    metatrain turns a stress label into a virial with the volume of the frame's whole cell,
+    vacuum included, the volume the dataset's stress is over: nothing needs rescaling. Frames
+    without stress (a cluster) get NaN, which metatrain masks.
+    """
+    from ase.build import graphene
+    from metatrain.utils.data.readers.ase import _read_stress_ase
+
+    layer = graphene(a=2.46, vacuum=8.0)
+    label = np.array([-0.012, -0.011, 1e-5, 2e-6, -3e-6, 0.004])
+    layer.calc = SinglePointCalculator(layer, energy=-18.0, forces=np.zeros((2, 3)), stress=label)
+    cluster = Atoms('C3', positions=[[0, 0, 0], [1.35, 0, 0], [0.6, 1.2, 0.1]])
+    cluster.calc = SinglePointCalculator(cluster, energy=-20.0, forces=np.zeros((3, 3)))
+    path = tmp_path / 'train.xyz'
+    assert write_metatrain_xyz(PESData.from_ase([layer, cluster]), str(path), stress=True) == 0
+    blocks = _read_stress_ase(str(path), 'REF_stress')
+    virial = blocks[0].values.numpy().reshape(3, 3)
+    np.testing.assert_allclose(virial, layer.get_stress(voigt=False) * layer.cell.volume)
+    assert np.isnan(blocks[1].values.numpy()).all()
+
+
 def test_unknown_options_key_rejected_at_submission(mtt_code, carbon_sets):
     with pytest.raises(ValueError, match='bogus_key'):
         train(mtt_code, carbon_sets, {**TINY_PET, 'bogus_key': {'a': 1}})

@@ -1,9 +1,11 @@
 """``MaceTrainCalculation`` (``trainspot.mace.train``): one ``mace_run_train`` run.
 
 The job folder holds the datasets (``train.xyz``, ``valid.xyz``, ``test.xyz``, written by
-:class:`~aiida_trainspot.training.base.TrainingCalculation`) and ``config.yaml`` (see
-:mod:`.config`); the command line is ``--config config.yaml``. Every path in it is
-relative, so the job runs unchanged on a remote computer.
+:class:`~aiida_trainspot.training.base.TrainingCalculation`, and rewritten by
+:func:`write_mace_xyz` when 2D frames carry stresses, which MACE must see over its own
+volume) and ``config.yaml`` (see :mod:`.config`); the command line is
+``--config config.yaml``. Every path in it is relative, so the job runs unchanged on a
+remote computer.
 
 * Fine-tuning: ``initial_model`` is copied to ``initial/`` and passed as
   ``foundation_model: initial/<file>`` with ``multiheads_finetuning: False`` (there is no
@@ -29,7 +31,14 @@ from typing import Any
 from aiida.common.folders import Folder
 from ase.data import atomic_numbers
 
-from ..base import CHECKPOINT_DIR, TEST_FILE, TRAIN_FILE, VALID_FILE, TrainingCalculation
+from ..base import (
+    CHECKPOINT_DIR,
+    LABEL_KEYS,
+    TEST_FILE,
+    TRAIN_FILE,
+    VALID_FILE,
+    TrainingCalculation,
+)
 from . import config as mace_config
 
 __all__ = ('MaceTrainCalculation',)
@@ -124,6 +133,14 @@ class MaceTrainCalculation(TrainingCalculation):
         )
         with folder.open(mace_config.CONFIG_FILE, 'w') as handle:
             handle.write(mace_config.to_yaml(config))
+        cutoff = mace_config.model_settings(config)['cutoff']
+        for name, filename in (
+            ('training', TRAIN_FILE),
+            ('validation', VALID_FILE),
+            ('test', TEST_FILE),
+        ):
+            if name in self.inputs and has_partial_stress(self.inputs[name]):
+                write_mace_xyz(self.inputs[name], folder.get_abs_path(filename), cutoff)
         return ['--config', mace_config.CONFIG_FILE]
 
     def retrieve_files(self) -> list[str]:
@@ -135,6 +152,36 @@ class MaceTrainCalculation(TrainingCalculation):
             mace_config.RESULTS_DIR,
             mace_config.LOG_DIR,
         ]
+
+
+def has_partial_stress(dataset: Any) -> bool:
+    """Whether a frame with a non-periodic axis (a 2D frame) of ``dataset`` has a stress label."""
+    if 'stress' not in dataset.column_names:
+        return False
+    for _, columns in dataset.iter_columns(names=['stress']):
+        if (columns.mask('stress') & ~columns.frame['pbc'].all(axis=1)).any():
+            return True
+    return False
+
+
+def write_mace_xyz(dataset: Any, path: str, cutoff: float) -> None:
+    """Write ``dataset`` under the ``REF_`` keys, the stress of 2D frames as MACE must see it.
+
+    MACE divides a 2D frame's virial by the volume of a cell it lengthened along the vacuum
+    (:func:`.config.mace_stress_label`), so the label is rescaled to that volume: the virial
+    MACE learns is then the one of the dataset's stress over the frame's own volume.
+    """
+    from ase.io import write
+
+    key = LABEL_KEYS['stress']
+    with open(path, 'w') as handle:
+        for atoms in dataset.iter_atoms(label_keys=LABEL_KEYS):
+            value = atoms.info.get(key)
+            if value is not None and not atoms.pbc.all():
+                atoms.info[key] = mace_config.mace_stress_label(
+                    value, atoms.positions, atoms.cell.array, atoms.pbc, cutoff
+                )
+            write(handle, atoms, format='extxyz')
 
 
 def _isolated_atoms(dataset) -> dict[int, float]:

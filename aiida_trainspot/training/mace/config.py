@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import yaml
 
 NAME = 'mace'
@@ -305,6 +306,45 @@ def model_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         'architecture': str(config.get('model', 'MACE')),
         'cutoff': float(config.get('r_max', 5.0)),
     }
+
+
+# --------------------------------------------------------------------------- 2D stress
+
+
+def mace_stress_volume(positions: Any, cell: Any, pbc: Any, cutoff: float) -> float:
+    """The volume (Å³) MACE divides a frame's virial by to give its stress.
+
+    MACE builds a frame's graph in a cell whose non-periodic vectors it replaces with long
+    ones of its own (``mace.data.neighborhood.get_neighborhood``, whose cell the model then
+    uses), so for a frame with vacuum its stress is not over the frame's own volume. Along
+    three periodic axes it is the frame's volume. MACE's own function is called, so that the
+    volume follows the MACE installed.
+    """
+    from mace.data.neighborhood import get_neighborhood
+
+    pbc = tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+    _, _, _, used = get_neighborhood(
+        positions=np.array(positions, dtype=float),
+        cutoff=float(cutoff),
+        pbc=pbc,
+        cell=np.array(cell, dtype=float).reshape(3, 3),
+    )
+    return abs(float(np.linalg.det(used)))
+
+
+def mace_stress_label(stress: Any, positions: Any, cell: Any, pbc: Any, cutoff: float) -> Any:
+    """The stress to give MACE so that it learns the dataset's ``stress`` of a frame.
+
+    The dataset's stress is (1/V) dE/dε with V the frame's own cell volume (vacuum included);
+    MACE compares its virial over :func:`mace_stress_volume` with the label, so a frame with
+    a non-periodic axis (a 2D frame) gets the label times V / that volume: the virial MACE
+    then learns is the true one. Fully periodic frames are returned unchanged.
+    """
+    if np.all(pbc):
+        return stress
+    own = abs(float(np.linalg.det(np.asarray(cell, dtype=float).reshape(3, 3))))
+    used = mace_stress_volume(positions, cell, pbc, cutoff)
+    return np.asarray(stress, dtype=float) * (own / used)
 
 
 # --------------------------------------------------------------------------- results
