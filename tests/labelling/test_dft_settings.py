@@ -158,19 +158,19 @@ def test_pad_frames_keeps_order_metadata_and_shares_the_rest(aiida_profile):
     assert padded.base.links.get_incoming().first().node.process_label == 'pad_frames'
 
 
+def label_sic_cell(pw_code, **qe):
+    """Label one SiC cell with the SiC family and the given ``qe`` inputs."""
+    return run_get_node(
+        AbInitioLabellingWorkChain,
+        dataset=PESData.from_ase([bulk('SiC', 'zincblende', a=4.36)]),
+        qe={'code': pw_code, 'pseudo_family': orm.Str(SIC_FAMILY), **qe},
+    )
+
+
 def test_labelling_refuses_settings_of_other_species(pw_code, sic_family):
     settings = campaign_dft_settings('fast', SIC_FAMILY, ['Si'])
-    dataset = PESData.from_ase([bulk('SiC', 'zincblende', a=4.36)])
     with pytest.raises(ValueError, match=r'qe.dft_settings: .*also contain \[.C.\]'):
-        run_get_node(
-            AbInitioLabellingWorkChain,
-            dataset=dataset,
-            qe={
-                'code': pw_code,
-                'pseudo_family': orm.Str(SIC_FAMILY),
-                'dft_settings': orm.Dict(settings),
-            },
-        )
+        label_sic_cell(pw_code, dft_settings=orm.Dict(settings))
 
 
 # ----------------------------------------------------------------------------- real pw.x
@@ -246,17 +246,8 @@ def test_moderate_two_elements_one_setting_for_every_frame(pw_code, sic_family):
     ],
 )
 def test_unknown_overrides_are_refused_at_submission(pw_code, sic_family, overrides, expected):
-    dataset = PESData.from_ase([bulk('SiC', 'zincblende', a=4.36)])
     with pytest.raises(ValueError, match=expected):
-        run_get_node(
-            AbInitioLabellingWorkChain,
-            dataset=dataset,
-            qe={
-                'code': pw_code,
-                'pseudo_family': orm.Str(SIC_FAMILY),
-                'overrides': orm.Dict(overrides),
-            },
-        )
+        label_sic_cell(pw_code, overrides=orm.Dict(overrides))
     known = {'kpoints_distance': 0.5, 'pw': {'parameters': {'SYSTEM': {'degauss': 0.01}}}}
     spec = AbInitioLabellingWorkChain.spec().inputs['qe']
     assert spec.validate({'code': pw_code, 'pseudo_family': orm.Str(SIC_FAMILY)}) is None
