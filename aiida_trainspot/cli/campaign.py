@@ -46,7 +46,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / 'examples'
 
 def _unknown_config_keys(path: Path, unknown: list[str]) -> str:
     """The message for unknown top-level keys: the nearest known key, or where such keys go."""
-    from aiida_trainspot.workflows.inputs import nearest_key, unknown_keys
+    from aiida_trainspot.common.settings import nearest_key, unknown_keys
 
     message = unknown_keys(str(path), unknown, CONFIG_KEYS)
     if any(nearest_key(key, CONFIG_KEYS) is None for key in unknown):

@@ -144,8 +144,7 @@ def _codes(inputs: Mapping[str, Any]) -> list[str]:
 
 def campaign_dft(inputs: Mapping[str, Any]) -> dict[str, Any] | None:
     """The DFT settings every frame gets (``labelling.qe.dft_settings`` if given), or None."""
-    from aiida_trainspot.labelling import dft
-    from aiida_trainspot.labelling.qe_settings import campaign_dft_settings
+    from aiida_trainspot.labelling.qe_settings import campaign_dft_settings, settings_arguments
     from aiida_trainspot.workflows.inputs import campaign_species
 
     labelling = inputs.get('labelling') or {}
@@ -154,17 +153,13 @@ def campaign_dft(inputs: Mapping[str, Any]) -> dict[str, Any] | None:
     qe = labelling['qe']
     if 'dft_settings' in qe:
         return dict(qe['dft_settings'].get_dict())
-    return campaign_dft_settings(
-        _plain(qe.get('protocol', 'fast')),
-        _plain(qe['pseudo_family']),
-        campaign_species(inputs),
-        overrides=_plain(qe['overrides']) if 'overrides' in qe else None,
-        spin_polarised=bool(_plain(qe.get('spin_polarised', False))),
-        vacuum=float(_plain(qe.get('vacuum', dft.DEFAULT_VACUUM))),
-    )
+    arguments = settings_arguments(qe, campaign_species(inputs))
+    return campaign_dft_settings(**{name: _plain(node) for name, node in arguments.items()})
 
 
 def _labelling(inputs: Mapping[str, Any]) -> list[str]:
+    from aiida_trainspot.labelling import dft
+
     labelling = inputs.get('labelling') or {}
     settings = campaign_dft(inputs)
     if settings is None:
@@ -173,7 +168,7 @@ def _labelling(inputs: Mapping[str, Any]) -> list[str]:
         if 'parameter_file' in ase:
             rows.append(('parameter file', ase['parameter_file'].filename))
         return _section('labelling (ASE calculator)', rows)
-    protocol = _plain(labelling['qe'].get('protocol', 'fast'))
+    protocol = _plain(labelling['qe'].get('protocol', dft.DEFAULT_PROTOCOL))
     system = settings['system']
     occupations = system.get('occupations', 'fixed')
     if 'smearing' in system:
@@ -285,7 +280,10 @@ def _budgets(inputs: Mapping[str, Any]) -> list[str]:
 
 
 def _augmentation(inputs: Mapping[str, Any]) -> list[str]:
+    from ase.data import chemical_symbols
+
     from aiida_trainspot.augmentation.params import SECTIONS, AugmentationParams
+    from aiida_trainspot.workflows.inputs import alloy_species
 
     if 'structures' not in inputs:
         return _section('augmentation', [('skipped', 'no `structures` (dataset only)')])
@@ -293,11 +291,7 @@ def _augmentation(inputs: Mapping[str, Any]) -> list[str]:
     parameters = _plain(augmentation['parameters']) if 'parameters' in augmentation else {}
     params = AugmentationParams.from_dict(parameters)
     enabled = [name for name in SECTIONS if getattr(params, name).enabled]
-    species = set(inputs['structures'].species)
-    if params.alloys.enabled:
-        species.update(params.alloys.alloy_species)
-    from ase.data import chemical_symbols
-
+    species = set(inputs['structures'].species) | set(alloy_species(augmentation))
     rows = [
         ('species', _fmt(sorted(species, key=chemical_symbols.index))),
         ('enabled', _fmt(enabled)),

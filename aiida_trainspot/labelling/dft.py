@@ -9,14 +9,14 @@ what the 2D Coulomb cutoff (``assume_isolated='2D'``) needs, before they reach p
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from ase import Atoms
 
-from aiida_trainspot.augmentation.geometry import pad_vacuum, unit_normals
+from aiida_trainspot.augmentation.geometry import complete_cell, pad_vacuum, unit_normals
+from aiida_trainspot.common.settings import nearest_key, recursive_merge
 
 #: Campaign protocols and aiida-quantumespresso's own names -> aiida-quantumespresso's protocol.
 QE_PROTOCOLS: dict[str, str] = {
@@ -26,6 +26,9 @@ QE_PROTOCOLS: dict[str, str] = {
     'balanced': 'balanced',
     'stringent': 'stringent',
 }
+
+#: Protocol of a labelling stage that names none (campaign protocols set their own).
+DEFAULT_PROTOCOL = 'fast'
 
 #: Default vacuum (Å) along every non-periodic axis of a frame sent to pw.x.
 DEFAULT_VACUUM = 15.0
@@ -81,8 +84,8 @@ def unknown_override(
     for prefix, values, known in levels:
         for key in values:
             if key not in known:
-                close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
-                hint = f"did you mean '{prefix}{close[0]}'?" if close else f'known: {sorted(known)}'
+                close = nearest_key(key, known)
+                hint = f"did you mean '{prefix}{close}'?" if close else f'known: {sorted(known)}'
                 return f"unknown key '{prefix}{key}'; {hint}"
     return None
 
@@ -156,24 +159,14 @@ def builder_overrides(settings: Mapping[str, Any], user: Mapping[str, Any]) -> d
     The user's own overrides (``qe.overrides``) come first; the campaign's settings are merged
     over them, so every frame gets the same ``SYSTEM`` values, k-point density and thresholds.
     """
-    merged = _merge(dict(user), {'pseudo_family': settings['pseudo_family']})
+    merged = recursive_merge(user, {'pseudo_family': settings['pseudo_family']})
     campaign = {
         'kpoints_distance': settings['kpoints_distance'],
         'kpoints_force_parity': settings['kpoints_force_parity'],
         'meta_parameters': dict(settings['meta_parameters']),
         'pw': {'parameters': {'SYSTEM': dict(settings['system'])}},
     }
-    return _merge(merged, campaign)
-
-
-def _merge(base: dict, update: Mapping) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
+    return recursive_merge(merged, campaign)
 
 
 def layer_thickness(atoms: Atoms, axis: int = 2) -> float:
@@ -233,12 +226,11 @@ def pad_frame(atoms: Atoms, vacuum: float, density_tail: float = DENSITY_TAIL) -
 
 
 def _full_cell(atoms: Atoms) -> np.ndarray:
-    from aiida_trainspot.augmentation.geometry import complete_cell
-
     return complete_cell(atoms.cell.array, np.asarray(atoms.pbc, dtype=bool))
 
 
 __all__ = (
+    'DEFAULT_PROTOCOL',
     'DEFAULT_VACUUM',
     'DENSITY_TAIL',
     'QE_PROTOCOLS',

@@ -96,6 +96,24 @@ def campaign_dft_settings(
     )
 
 
+def settings_arguments(qe: Mapping[str, Any], species: Iterable[str]) -> dict[str, orm.Data]:
+    """The inputs of :func:`decide_dft_settings` from a labelling ``qe`` namespace.
+
+    Ports left out get the labelling stage's defaults, so that a stage, the campaign and the
+    dry run decide the same settings from the same inputs.
+    """
+    defaults = {
+        'protocol': orm.Str(dft.DEFAULT_PROTOCOL),
+        'overrides': orm.Dict(),
+        'spin_polarised': orm.Bool(False),
+        'vacuum': orm.Float(dft.DEFAULT_VACUUM),
+    }
+    arguments = {name: qe.get(name, node) for name, node in defaults.items()}
+    arguments['pseudo_family'] = qe['pseudo_family']
+    arguments['species'] = orm.List(sorted(set(species)))
+    return arguments
+
+
 @calcfunction
 def decide_dft_settings(
     protocol: orm.Str,
@@ -165,4 +183,5 @@ __all__ = (
     'family_cutoffs',
     'load_family',
     'missing_pseudos',
+    'settings_arguments',
 )

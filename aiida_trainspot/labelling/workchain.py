@@ -27,13 +27,19 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from aiida.plugins import WorkflowFactory
 
+from aiida_trainspot.common.settings import recursive_merge
 from aiida_trainspot.data import PESData
 from aiida_trainspot.workflows import throttle
 
 from . import dft
 from .ase_calculation import AseLabelCalculation
 from .qe_labels import labels_from_qe
-from .qe_settings import check_settings, decide_dft_settings, missing_pseudos
+from .qe_settings import (
+    check_settings,
+    decide_dft_settings,
+    missing_pseudos,
+    settings_arguments,
+)
 
 PwBaseWorkChain = WorkflowFactory('quantumespresso.pw.base')
 
@@ -218,17 +224,6 @@ def _validate_fraction(value: orm.Float | None, _: Any) -> str | None:
     return None
 
 
-def recursive_merge(base: dict, update: dict) -> dict:
-    """Merge ``update`` into a copy of ``base``, recursing into dictionaries."""
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = recursive_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 class AbInitioLabellingWorkChain(WorkChain):
     """Label every frame of a dataset with energies, forces and stresses."""
 
@@ -277,7 +272,7 @@ class AbInitioLabellingWorkChain(WorkChain):
         spec.input(
             'qe.protocol',
             valid_type=orm.Str,
-            default=lambda: orm.Str('fast'),
+            default=lambda: orm.Str(dft.DEFAULT_PROTOCOL),
             validator=_validate_protocol,
             help=f'Protocol: one of {list(dft.QE_PROTOCOLS)} (moderate = aiida-quantumespresso '
             "'balanced', precise = 'stringent').",
@@ -387,12 +382,7 @@ class AbInitioLabellingWorkChain(WorkChain):
         self.ctx.frames = dataset
         if settings is None:
             settings = decide_dft_settings(
-                qe.protocol,
-                qe.pseudo_family,
-                orm.List(dataset.species),
-                qe.overrides if 'overrides' in qe else orm.Dict(),
-                qe.spin_polarised,
-                qe.vacuum,
+                **settings_arguments(qe, dataset.species),
                 metadata={'call_link_label': 'dft_settings'},
             )
         self.ctx.dft_settings = settings

@@ -26,6 +26,8 @@ from .model import PotentialModel
 
 LABEL_KEYS = {'energy': 'REF_energy', 'forces': 'REF_forces', 'stress': 'REF_stress'}
 TRAIN_FILE, VALID_FILE, TEST_FILE = 'train.xyz', 'valid.xyz', 'test.xyz'
+#: The dataset inputs of a training job and the files they are written to.
+DATASET_FILES = (('training', TRAIN_FILE), ('validation', VALID_FILE), ('test', TEST_FILE))
 INITIAL_DIR = 'initial'
 CHECKPOINT_DIR = 'checkpoints'
 STDOUT, STDERR = 'train.out', 'train.err'
@@ -165,11 +167,7 @@ class TrainingCalculation(CalcJob):
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
         """Write the datasets, the initial model or checkpoints, and the engine's inputs."""
-        for name, filename in (
-            ('training', TRAIN_FILE),
-            ('validation', VALID_FILE),
-            ('test', TEST_FILE),
-        ):
+        for name, filename in DATASET_FILES:
             if name in self.inputs:
                 self.inputs[name].to_extxyz(folder.get_abs_path(filename), label_keys=LABEL_KEYS)
         initial = None

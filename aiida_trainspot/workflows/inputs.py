@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
 from aiida import orm
 from ase.data import chemical_symbols
 
+from aiida_trainspot.common.settings import unknown_keys
 from aiida_trainspot.evaluation.calibration import ERROR_KINDS, METHODS, PROPERTIES
 from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND
 from aiida_trainspot.evaluation.selection import SelectionSettings
@@ -18,25 +18,6 @@ from .operations import labelled_mask
 
 CALIBRATION_KEYS = frozenset({'method', 'min_points', 'splits', 'power_law', 'error'})
 SPLITS = ('train', 'validation', 'test')
-
-
-def nearest_key(key: str, known: Iterable[str]) -> str | None:
-    """The known key closest to ``key`` (a typo), or None when none is close."""
-    matches = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
-def unknown_keys(where: str, unknown: Iterable[str], known: Iterable[str]) -> str:
-    """``where: unknown keys [...]; did you mean 'b' for 'a'?``, else the known keys."""
-    unknown, known = sorted(unknown), sorted(known)
-    hints = []
-    for key in unknown:
-        match = nearest_key(key, known)
-        if match is not None:
-            hints.append(f'did you mean {match!r} for {key!r}?')
-    if len(hints) < len(unknown):
-        hints.append(f'known: {known}')
-    return f'{where}: unknown keys {unknown}; ' + '; '.join(hints)
 
 
 def validate_error_thresholds(values: dict[str, Any]) -> str | None:
@@ -147,7 +128,7 @@ def _validate_restart(inputs: dict[str, Any]) -> str | None:
     return None
 
 
-def _alloy_species(augmentation: Mapping[str, Any]) -> list[str]:
+def alloy_species(augmentation: Mapping[str, Any]) -> list[str]:
     """Species the alloys augmentation adds (substitutions only swap species already there)."""
     from aiida_trainspot.augmentation.params import AugmentationParams, ParameterError
 
@@ -172,7 +153,7 @@ def campaign_species(inputs: Mapping[str, Any]) -> list[str]:
         dataset = inputs.get(port)
         if dataset is not None:
             species.update(dataset.species)
-    species.update(_alloy_species(inputs.get('augmentation') or {}))
+    species.update(alloy_species(inputs.get('augmentation') or {}))
     return sorted(species, key=chemical_symbols.index)
 
 
@@ -189,8 +170,10 @@ def _validate_structures(inputs: Mapping[str, Any]) -> str | None:
 
 
 def _validate_qe(inputs: Mapping[str, Any]) -> str | None:
-    """The qe engine: a known protocol, a pseudo family covering every species of the campaign."""
-    from aiida_trainspot.labelling.dft import qe_protocol
+    """The qe engine: a pseudo family covering every species of the campaign.
+
+    The protocol name is checked by the exposed port's own validator, before this runs.
+    """
     from aiida_trainspot.labelling.qe_settings import missing_pseudos
 
     labelling = inputs.get('labelling') or {}
@@ -198,11 +181,6 @@ def _validate_qe(inputs: Mapping[str, Any]) -> str | None:
     qe = labelling.get('qe') or {}
     if (engine is not None and engine.value != 'qe') or 'pseudo_family' not in qe:
         return None
-    if 'protocol' in qe:
-        try:
-            qe_protocol(qe['protocol'].value)
-        except ValueError as exception:
-            return f'labelling.qe.protocol: {exception}'
     species = campaign_species(inputs)
     message = missing_pseudos(qe['pseudo_family'].value, species) if species else None
     return f'labelling.qe.pseudo_family: {message}' if message else None

@@ -30,9 +30,8 @@ from typing import Any
 from aiida import orm
 from plumpy.ports import PortNamespace
 
+from aiida_trainspot.common.settings import nearest_key
 from aiida_trainspot.data import PESData
-
-from .inputs import nearest_key
 
 TRAINING_ENGINES = {'trainspot.mace.train': 'mace', 'trainspot.metatrain.train': 'metatrain'}
 MD_ENGINES = {'trainspot.ase.md': 'ase', 'lammps.raw': 'lammps'}

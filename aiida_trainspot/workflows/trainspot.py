@@ -29,8 +29,7 @@ from aiida_trainspot.evaluation.calculation import EvaluationCalculation
 from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND
 from aiida_trainspot.evaluation.operations import calibrate_committee, select_for_labelling
 from aiida_trainspot.exploration.workchain import ExplorationWorkChain
-from aiida_trainspot.labelling.dft import DEFAULT_VACUUM
-from aiida_trainspot.labelling.qe_settings import decide_dft_settings
+from aiida_trainspot.labelling.qe_settings import decide_dft_settings, settings_arguments
 from aiida_trainspot.labelling.workchain import AbInitioLabellingWorkChain
 from aiida_trainspot.training.model import PotentialModel
 from aiida_trainspot.training.workchain import TrainingWorkChain
@@ -423,13 +422,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         if self.ctx.dft_settings is None:
             species = set(self.ctx.initial.species) | set(checks.campaign_species(self.inputs))
             self.ctx.dft_settings = decide_dft_settings(
-                qe.get('protocol', orm.Str('fast')),
-                qe.pseudo_family,
-                orm.List(sorted(species)),
-                qe.overrides if 'overrides' in qe else orm.Dict(),
-                qe.get('spin_polarised', orm.Bool(False)),
-                qe.get('vacuum', orm.Float(DEFAULT_VACUUM)),
-                metadata={'call_link_label': 'dft_settings'},
+                **settings_arguments(qe, species), metadata={'call_link_label': 'dft_settings'}
             )
         self.out('dft_settings', self.ctx.dft_settings)
         system = self.ctx.dft_settings['system']

@@ -33,6 +33,7 @@ from ase.data import atomic_numbers
 
 from ..base import (
     CHECKPOINT_DIR,
+    DATASET_FILES,
     LABEL_KEYS,
     TEST_FILE,
     TRAIN_FILE,
@@ -134,11 +135,7 @@ class MaceTrainCalculation(TrainingCalculation):
         with folder.open(mace_config.CONFIG_FILE, 'w') as handle:
             handle.write(mace_config.to_yaml(config))
         cutoff = mace_config.model_settings(config)['cutoff']
-        for name, filename in (
-            ('training', TRAIN_FILE),
-            ('validation', VALID_FILE),
-            ('test', TEST_FILE),
-        ):
+        for name, filename in DATASET_FILES:  # 2D stresses over MACE's own volume
             if name in self.inputs and has_partial_stress(self.inputs[name]):
                 write_mace_xyz(self.inputs[name], folder.get_abs_path(filename), cutoff)
         return ['--config', mace_config.CONFIG_FILE]

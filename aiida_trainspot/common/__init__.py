@@ -1,0 +1,1 @@
+"""What every stage uses, below the stages: settings helpers (no AiiDA import)."""
