@@ -9,9 +9,9 @@ frames held as :class:`~aiida_trainspot.data.columns.Columns`:
   :func:`~aiida_trainspot.data.columns.carries_stress`), stresses (eV/Å³, Voigt, ASE sign,
   (1/V) dE/dε with V the whole cell's volume, vacuum included, as the labels). With
   ``batch_size=1`` (the default, and what pays on a CPU) every frame is one ordinary ASE call,
-  exactly what a user of the calculator gets, but for the stress of MACE on a 2D frame: MACE
-  divides the virial by the volume of a cell whose non-periodic vectors it lengthened, which is
-  undone here. With ``batch_size > 1`` MACE and metatomic (metatrain) calculators evaluate
+  exactly what a user of the calculator gets (the loader's MACE calculator already gives a 2D
+  frame's stress over the frame's own volume; the batched path below does the same). With
+  ``batch_size > 1`` MACE and metatomic (metatrain) calculators evaluate
   ``batch_size`` frames per model call (MACE: one ``torch_geometric`` batch through the model;
   metatomic: ``MetatomicCalculator.compute_energy`` on a list of frames, fully periodic and
   other frames batched apart, 2D frames one by one since ``compute_energy`` gives no stress for
@@ -180,10 +180,10 @@ class MemberPredictions:
 
 def supports_batching(calculator: Any) -> str | None:
     """'mace' or 'metatomic' when ``calculator`` can evaluate several frames per call, else None."""
-    module = type(calculator).__module__
-    if module.startswith('mace.') and hasattr(calculator, 'models'):
+    modules = [cls.__module__ for cls in type(calculator).__mro__]  # subclasses count too
+    if any(m.startswith('mace.') for m in modules) and hasattr(calculator, 'models'):
         return 'mace'
-    if module.startswith('metatomic') and hasattr(calculator, 'compute_energy'):
+    if any(m.startswith('metatomic') for m in modules) and hasattr(calculator, 'compute_energy'):
         return 'metatomic'
     return None
 
@@ -216,8 +216,7 @@ def predict_member(
     energy = np.full(len(frames), np.nan)
     forces = np.full((int(offsets[-1]), 3), np.nan)
     stress = np.full((len(frames), 6), np.nan)
-    engine = supports_batching(calculator)
-    kind = engine if batch_size > 1 else None
+    kind = supports_batching(calculator) if batch_size > 1 else None
     if kind == 'mace':
         _predict_mace(calculator, frames, periodic, batch_size, energy, forces, stress, member)
     elif kind == 'metatomic':
@@ -225,8 +224,6 @@ def predict_member(
     else:
         indices = np.arange(len(frames))
         _predict_ase(calculator, frames, indices, periodic, energy, forces, stress, member)
-        if engine == 'mace':
-            _mace_stress_to_full_volume(calculator, frames, periodic, stress)
     _check_finite(energy, forces, offsets, member)
     return MemberPredictions(energy=energy, forces=forces, stress=stress)
 
@@ -252,21 +249,6 @@ def _predict_ase(calculator, frames, indices, periodic, energy, forces, stress, 
             raise InferenceError(member, int(index), _reason(exc)) from exc
         finally:
             atoms.calc = None
-
-
-def _mace_stress_to_full_volume(calculator, frames, periodic, stress) -> None:
-    """Rescale a MACE calculator's stress of partially periodic frames to the full cell volume.
-
-    MACE divides the virial by the volume of the cell it built the graph in, whose
-    non-periodic vectors it replaced with long ones of its own; the dataset's convention
-    divides by the frame's own cell, vacuum included (what pw.x does).
-    """
-    from aiida_trainspot.training.mace.config import mace_stress_volume
-
-    for index in np.flatnonzero(periodic & ~_fully_periodic(frames)):
-        atoms = frames[index]
-        used = mace_stress_volume(atoms.positions, atoms.cell.array, atoms.pbc, calculator.r_max)
-        stress[index] *= used / atoms.cell.volume
 
 
 def _reason(exc: BaseException) -> str:
