@@ -99,7 +99,7 @@ def direct_predictions(models, dataset) -> CommitteePredictions:
                 if atoms.pbc.sum() < 2:  # 0D and 1D frames: no stress
                     stress.append(np.full(6, np.nan))
                 else:
-                    stress.append(atoms.get_stress() * model_volume(calculator, atoms))
+                    stress.append(atoms.get_stress())  # the frame's own volume (the loader's)
         energies.append(energy)
         forces.append(np.concatenate(force))
         stresses.append(stress)
@@ -107,22 +107,6 @@ def direct_predictions(models, dataset) -> CommitteePredictions:
     return CommitteePredictions(
         dataset.n_atoms_per_frame(), energies, forces, stresses, stress_mask=periodic
     )
-
-
-def model_volume(calculator, atoms) -> float:
-    """The volume a calculator's ASE stress is over, as a fraction of the frame's own volume.
-
-    MACE divides a frame's virial by the volume of a cell whose non-periodic vectors it
-    lengthened (its ``get_neighborhood``); the predictions are over the frame's own volume.
-    """
-    if atoms.pbc.all() or not hasattr(calculator, 'r_max'):
-        return 1.0
-    from mace.data.neighborhood import get_neighborhood
-
-    _, _, _, cell = get_neighborhood(
-        atoms.positions, calculator.r_max, tuple(atoms.pbc), atoms.cell.array.copy()
-    )
-    return abs(np.linalg.det(cell)) / atoms.cell.volume
 
 
 def labels_of(dataset) -> ReferenceLabels:
