@@ -9,12 +9,17 @@ The steps, in order (``F`` frames, per-frame arrays of length ``F``):
    it is unphysical or far outside what the committee knows:
 
    - ``'too_close'``: its minimum interatomic distance is below ``min_distance`` (0.5 Å);
-   - ``'force_disagreement'``: :math:`\delta_F` above ``max_force_disagreement`` (eV/Å), by
-     default ``force_disagreement_factor`` (10) times :math:`\tau_F`;
+   - ``'force_disagreement'``: :math:`\delta_F` above ``max_force_disagreement`` (eV/Å) or,
+     when ``force_disagreement_factor`` is given, above that factor times :math:`\tau_F`. Both
+     are off by default: the paper has no upper bound on disagreement, and a bound relative to
+     :math:`\tau_F` throws away the most informative frames of an early campaign (where the
+     committee knows least) and can leave a loop with candidates but nothing to label;
    - ``'large_force'``: the largest committee-mean atomic force norm above ``max_force``
      (50 eV/Å).
 
-   Each check runs only when its input is given; the reasons are recorded for every frame.
+   Each check runs only when its input is given; the reasons are recorded for every frame. The
+   default bounds are physical (distance, force), so a frame is rejected for what it *is*,
+   never for how unsure the committee is about it.
 3. **Near-duplicate thinning**: the trusted candidates are grouped by ``run_id`` and ordered by
    ``step`` (then by frame index). Walking through each run, a frame is *thinned* when it has the
    same atoms as the previously kept frame of that run (same count and, when ``numbers`` is
@@ -64,7 +69,7 @@ class SelectionSettings:
     min_displacement: float = 0.1
     min_distance: float = 0.5
     max_force_disagreement: float | None = None
-    force_disagreement_factor: float = 10.0
+    force_disagreement_factor: float | None = None
     max_force: float | None = 50.0
     cap_order: str = 'random'
 
@@ -73,9 +78,13 @@ class SelectionSettings:
             raise ValueError(f'cap_order must be one of {CAP_ORDERS}, got {self.cap_order!r}')
         if self.max_selected is not None and int(self.max_selected) < 0:
             raise ValueError(f'max_selected must be >= 0 or None, got {self.max_selected}')
-        for name in ('min_displacement', 'min_distance', 'force_disagreement_factor'):
+        for name in ('min_displacement', 'min_distance'):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
+        for name in ('max_force_disagreement', 'force_disagreement_factor', 'max_force'):
+            value = getattr(self, name)
+            if value is not None and not float(value) > 0:
+                raise ValueError(f'{name} must be > 0 or None (no bound), got {value}')
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -190,7 +199,7 @@ def trust_violations(
     """Per-frame trust-bound violations, one (F,) boolean array per reason.
 
     :param force_disagreement: (F,) δ_F, eV/Å.
-    :param force_threshold: τ_F, used for the default bound ``factor * τ_F``.
+    :param force_threshold: τ_F, used for the optional bound ``force_disagreement_factor * τ_F``.
     :param min_distances: (F,) minimum interatomic distance of each frame, Å.
     :param max_forces: (F,) largest committee-mean atomic force norm, eV/Å.
     """
@@ -201,8 +210,9 @@ def trust_violations(
         reasons['too_close'] = distances < settings.min_distance
     delta_f = _optional_frame_array(force_disagreement, n_frames, 'force_disagreement')
     bound = settings.max_force_disagreement
-    if bound is None and force_threshold is not None:
-        bound = settings.force_disagreement_factor * force_threshold
+    factor = settings.force_disagreement_factor
+    if bound is None and factor is not None and force_threshold is not None:
+        bound = factor * force_threshold
     if delta_f is not None and bound is not None:
         reasons['force_disagreement'] = delta_f > bound
     forces = _optional_frame_array(max_forces, n_frames, 'max_forces')

@@ -70,7 +70,15 @@ def test_trust_violations_per_reason():
         max_forces=[1.0, 1.0, 1.0, 60.0],
     )
     assert set(reasons) == set(REJECTION_REASONS)
-    assert reasons['force_disagreement'].tolist() == [False, True, False, False]
+    # no bound on the disagreement unless asked for: δ_F = 20 τ_F is not a reason
+    assert not reasons['force_disagreement'].any()
+    relative = trust_violations(
+        4,
+        force_disagreement=[0.1, 2.0, 0.1, 0.1],
+        force_threshold=0.1,
+        settings=SelectionSettings(force_disagreement_factor=10.0),
+    )
+    assert relative['force_disagreement'].tolist() == [False, True, False, False]
     assert reasons['too_close'].tolist() == [False, False, True, False]
     assert reasons['large_force'].tolist() == [False, False, False, True]
     explicit = trust_violations(
@@ -88,7 +96,7 @@ def test_trust_violations_per_reason():
 def test_selection_never_selects_rejected_and_respects_cap(seed, n_frames, cap):
     rng = np.random.default_rng(seed)
     data = random_disagreement(seed, n_frames)
-    data['forces'][rng.random(n_frames) < 0.1] = 5.0  # far beyond 10 τ_F
+    data['forces'][rng.random(n_frames) < 0.1] = 5.0  # far beyond τ_F: still selectable
     min_distances = rng.uniform(0.3, 2.0, n_frames)
     max_forces = rng.uniform(0.0, 80.0, n_frames)
     result = select_frames(
@@ -100,11 +108,7 @@ def test_selection_never_selects_rejected_and_respects_cap(seed, n_frames, cap):
         settings=SelectionSettings(max_selected=cap),
     )
     candidates = [f for f in range(n_frames) if any(data[k][f] > t for k, t in TAUS.items())]
-    bad = [
-        f
-        for f in range(n_frames)
-        if min_distances[f] < 0.5 or data['forces'][f] > 1.0 or max_forces[f] > 50.0
-    ]
+    bad = [f for f in range(n_frames) if min_distances[f] < 0.5 or max_forces[f] > 50.0]
     assert result.candidates.tolist() == candidates
     assert result.rejected.tolist() == sorted(set(candidates) & set(bad))
     assert result.selected.size == min(cap, len(candidates) - result.rejected.size)
@@ -116,7 +120,7 @@ def test_selection_never_selects_rejected_and_respects_cap(seed, n_frames, cap):
         assert reasons
         assert ('too_close' in reasons) == (min_distances[f] < 0.5)
         assert ('large_force' in reasons) == (max_forces[f] > 50.0)
-        assert ('force_disagreement' in reasons) == (data['forces'][f] > 1.0)
+        assert 'force_disagreement' not in reasons
     counts = result.counts
     assert (
         counts['candidates']
@@ -287,3 +291,22 @@ def test_end_to_end_without_stress():
     assert result.selected.size <= 5
     flagged = candidate_mask(delta, calibration.thresholds)
     assert flagged[result.selected].all()
+
+
+def test_most_uncertain_physical_frames_are_selected():
+    """Frames 100 τ_F above the threshold are the most informative, not untrusted."""
+    forces = np.array([0.05, 10.0, 30.0, 0.2])
+    result = select_frames({'forces': forces}, {'forces': 0.1}, seed=0, max_forces=[1.0] * 4)
+    assert result.selected.tolist() == [1, 2, 3]
+    assert result.rejected.size == 0
+    unphysical = select_frames(
+        {'forces': forces}, {'forces': 0.1}, seed=0, max_forces=[1.0, 1.0, 80.0, 1.0]
+    )
+    assert unphysical.selected.tolist() == [1, 3]
+    assert unphysical.rejection_reasons(2) == ['large_force']
+
+
+@pytest.mark.parametrize('name', ['force_disagreement_factor', 'max_force_disagreement'])
+def test_disagreement_bounds_must_be_positive(name):
+    with pytest.raises(ValueError, match=name):
+        SelectionSettings(**{name: 0.0})
