@@ -29,6 +29,7 @@ import numpy as np
 from aiida_trainspot.evaluation.disagreement import LEGACY_ERROR_KIND, errors_of
 
 __all__ = [
+    'calibration_figure',
     'plot_calibration',
     'plot_composition',
     'plot_parity',
@@ -57,6 +58,15 @@ CALIBRATION_SPLITS = ('validation', 'test')
 ERROR_LABELS = {'committee_mean': ' of the committee mean', 'members': ", members' RMS"}
 #: At most this many points are drawn per split and panel (metrics always use every point).
 MAX_POINTS = 20_000
+#: A δ or ε at most this fraction of its threshold (τ, ε_thr) is drawn as zero, on the axis:
+#: four decades below the tolerance it says nothing about the calibration, and it is above the
+#: round-off of symmetric frames (1e-14 in float64, ~1e-6 eV/Å on forces in float32).
+ZERO_FRACTION = 1e-4
+#: With fewer frames scored than this, a calibration panel marks its TPR and PPV unreliable.
+MIN_SCORED = 10
+#: Margin of the calibration's δ axis, a fraction of its span: the top and bottom tenth stay
+#: free for the quadrant counts (TP, FP, FN, TN) in the corners.
+COUNT_MARGIN = 0.11
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -405,16 +415,403 @@ def _rates(
     return counts, tpr, ppv
 
 
-def _given_rates(diagnostics: Mapping[str, Any] | None, prop: str) -> tuple[float, float] | None:
-    """(TPR, PPV) of ``prop`` from a diagnostics report or a record, if it has them."""
+def _given_entry(diagnostics: Mapping[str, Any] | None, prop: str) -> Mapping[str, Any] | None:
+    """What a diagnostics report or a record says about ``prop``: rates, and counts if any.
+
+    A report's ``at_thresholds`` entry (or a bare ``{prop: entry}``) carries the confusion
+    counts of :func:`~aiida_trainspot.evaluation.calibration.classification_rates`; a record
+    keeps only ``tpr``/``ppv`` by property.
+    """
     if not diagnostics:
         return None
     entry = _get(diagnostics, 'at_thresholds', prop) or _get(diagnostics, prop)
     if isinstance(entry, Mapping) and ('tpr' in entry or 'ppv' in entry):
-        return _number(entry.get('tpr')), _number(entry.get('ppv'))
+        return entry
     if isinstance(diagnostics.get('tpr'), Mapping) and prop in diagnostics['tpr']:  # a record
-        return _number(diagnostics['tpr'][prop]), _number(_get(diagnostics, 'ppv', prop))
+        return {'tpr': diagnostics['tpr'][prop], 'ppv': _get(diagnostics, 'ppv', prop)}
     return None
+
+
+def _given_rates(diagnostics: Mapping[str, Any] | None, prop: str) -> tuple[float, float] | None:
+    """(TPR, PPV) of ``prop`` from a diagnostics report or a record, if it has them."""
+    entry = _given_entry(diagnostics, prop)
+    if entry is None:
+        return None
+    return _number(entry.get('tpr')), _number(entry.get('ppv'))
+
+
+def _count(value: Any) -> int | None:
+    """A stored confusion count as an int; None when absent or not a whole number."""
+    number = _number(value)
+    if not math.isfinite(number) or number < 0 or number != round(number):
+        return None
+    return int(number)
+
+
+def _same_rate(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _confusion_score(tp: int, fn: int, fp: int, n: int | None) -> dict[str, Any]:
+    """Counts with the rates they give (NaN for 0/0), as :func:`_score` returns them."""
+    return {
+        'tp': tp,
+        'fn': fn,
+        'fp': fp,
+        'n': n,
+        'tpr': tp / (tp + fn) if tp + fn else math.nan,
+        'ppv': tp / (tp + fp) if tp + fp else math.nan,
+    }
+
+
+def _score(
+    entry: Mapping[str, Any] | None,
+    counts: Mapping[str, int],
+    n_scored: int,
+) -> dict[str, Any]:
+    """TPR, PPV and the counts behind them (``tp``, ``fn``, ``fp``, ``n``) for a panel's title.
+
+    ``counts`` are those of the plotted frames (``n_scored`` of them). A given ``entry`` with
+    confusion counts wins, with rates recomputed from them so text and fractions agree. An
+    entry with rates only (a record, or a report written before counts were kept) is shown
+    with the plotted frames' counts where its rates are theirs, else without counts
+    (``tp`` etc. None) and with ``n`` unknown (None): a rate whose denominator nobody knows
+    is not dressed up with a made-up one.
+    """
+    own = _confusion_score(counts['tp'], counts['fn'], counts['fp'], n_scored)
+    if entry is None:
+        return own
+    stored = {key: _count(entry.get(key)) for key in ('tp', 'fn', 'fp', 'tn', 'n')}
+    if None not in (stored['tp'], stored['fn'], stored['fp']):
+        tp, fn, fp = stored['tp'], stored['fn'], stored['fp']
+        n = stored['n']
+        if n is None and stored['tn'] is not None:
+            n = tp + fn + fp + stored['tn']
+        return _confusion_score(tp, fn, fp, n)
+    tpr, ppv = _number(entry.get('tpr')), _number(entry.get('ppv'))
+    if _same_rate(tpr, own['tpr']) and _same_rate(ppv, own['ppv']):
+        return own
+    return {'tp': None, 'fn': None, 'fp': None, 'n': None, 'tpr': tpr, 'ppv': ppv}
+
+
+def _score_text(score: Mapping[str, Any]) -> tuple[str, str]:
+    """(rates with their fractions, a caveat line or '') of a :func:`_score`.
+
+    E.g. ``('TPR 1.00 (3/3), PPV 0.75 (3/4)', 'only 5 frames scored (< 10): unreliable')``; the
+    caveat is there because a rate from a handful of frames says little (3/3 is "1.00").
+    """
+
+    def part(name: str, rate: float, hits: int | None, missed: int | None) -> str:
+        text = f'{name} {_rate(rate)}'
+        return text if hits is None or missed is None else f'{text} ({hits}/{hits + missed})'
+
+    rates = ', '.join(
+        [
+            part('TPR', score['tpr'], score['tp'], score['fn']),
+            part('PPV', score['ppv'], score['tp'], score['fp']),
+        ]
+    )
+    n = score['n']
+    if n is None:
+        return rates, '' if score['tp'] is not None else 'recorded rates; counts not stored'
+    if n < MIN_SCORED:
+        return rates, f'only {n} frame{"s" if n != 1 else ""} scored (< {MIN_SCORED}): unreliable'
+    return rates, ''
+
+
+def _zero_floor(values: np.ndarray, threshold: float) -> float:
+    """Largest δ (or ε) that counts as zero: :data:`ZERO_FRACTION` of its threshold.
+
+    Without a threshold, the same fraction of the largest value. Perfect crystals and isolated
+    atoms give errors and disagreements of round-off size (1e-14 eV/Å), which on a log axis
+    would stretch a panel over twelve decades and squeeze the informative points into a corner.
+    """
+    if math.isfinite(threshold) and threshold > 0:
+        return ZERO_FRACTION * threshold
+    finite = values[np.isfinite(values)]
+    return ZERO_FRACTION * max(float(finite.max()), 0.0) if finite.size else 0.0
+
+
+def _panel_thresholds(cal: Mapping[str, Any], prop: str) -> tuple[float, float, float]:
+    """(slope a, threshold τ, tolerance ε_thr) of ``prop``; NaN where not calibrated."""
+    slope = _number(_get(cal, 'slopes', prop))
+    limit = _number(_get(cal, 'error_thresholds', prop))
+    tau = _number(_get(cal, 'thresholds', prop))
+    if not math.isfinite(tau) and math.isfinite(slope) and math.isfinite(limit):
+        tau = slope * limit
+    return slope, tau, limit
+
+
+def _panel_axes(
+    delta: np.ndarray, eps: np.ndarray, drawn: np.ndarray, tau: float, limit: float
+) -> dict[str, Any]:
+    """Scale, limits and the near-zero frames of one panel.
+
+    Frames with ε or δ at most :func:`_zero_floor` are set aside (``eps_zero``,
+    ``delta_zero``): the limits come from the other values and the threshold lines, and such
+    frames are drawn on the axis instead. The axes are logarithmic when that leaves a positive
+    value on each axis, else linear (then nothing is set aside).
+    """
+    eps_zero = drawn & (eps <= _zero_floor(eps[drawn], limit))
+    delta_zero = drawn & (delta <= _zero_floor(delta[drawn], tau))
+    xs = [*eps[drawn & ~eps_zero], *([limit] if math.isfinite(limit) else [])]
+    ys = [*delta[drawn & ~delta_zero], *([tau] if math.isfinite(tau) else [])]
+    log = any(x > 0 for x in xs) and any(y > 0 for y in ys)
+    if not log:
+        eps_zero = delta_zero = np.zeros_like(drawn)
+        xs, ys = list(eps[drawn]), list(delta[drawn])
+    return {
+        'log': log,
+        'xlim': _limits(xs, log),
+        'ylim': _limits(ys, log, COUNT_MARGIN),
+        'eps_zero': eps_zero,
+        'delta_zero': delta_zero,
+    }
+
+
+def _draw_on_axes(
+    ax: Any,
+    axes: Mapping[str, Any],
+    delta: np.ndarray,
+    eps: np.ndarray,
+    groups: Sequence[tuple[np.ndarray, Any]],
+    max_points: int,
+) -> int:
+    """Draw the near-zero frames of each (mask, colour) group on the axes; return how many.
+
+    ε ≈ 0 goes on the left axis, δ ≈ 0 on the bottom one (both: the corner, where they hide one
+    another, so the legend says how many), as open diamonds; both lie below their thresholds,
+    so the quadrant a frame is counted in stays the one it is drawn in.
+    """
+    zero = axes['eps_zero'] | axes['delta_zero']
+    total = corner = 0
+    for position, (mask, colour) in enumerate(groups):
+        chosen = mask & zero
+        if not chosen.any():
+            continue
+        total += int(chosen.sum())
+        corner += int(np.sum(chosen & axes['eps_zero'] & axes['delta_zero']))
+        shown = _thin(int(chosen.sum()), max_points, seed=position)
+        x = np.where(axes['eps_zero'], axes['xlim'][0], eps)[chosen][shown]
+        y = np.where(axes['delta_zero'], axes['ylim'][0], delta)[chosen][shown]
+        ax.scatter(
+            x,
+            y,
+            s=26,
+            marker='D',
+            facecolors='none',
+            edgecolors=colour,
+            lw=1.0,
+            clip_on=False,
+            zorder=4,
+        )
+    if total:
+        ax.scatter(
+            [],
+            [],
+            s=26,
+            marker='D',
+            facecolors='none',
+            edgecolors='0.2',
+            lw=1.0,
+            label=f'{total} frames with ε or δ ≈ 0, on the axes'
+            + (f'\n({corner} with both, on one another in the corner)' if corner > 1 else ''),
+        )
+    return total
+
+
+def _draw_quadrant_counts(ax: Any, counts: Mapping[str, int]) -> None:
+    box = {'boxstyle': 'round,pad=0.2', 'fc': 'white', 'ec': '0.8', 'alpha': 0.85}
+    for key, (x, y, ha, va) in {
+        'tp': (0.98, 0.98, 'right', 'top'),
+        'fp': (0.02, 0.98, 'left', 'top'),
+        'fn': (0.98, 0.02, 'right', 'bottom'),
+        'tn': (0.02, 0.02, 'left', 'bottom'),
+    }.items():
+        ax.text(
+            x,
+            y,
+            f'{key.upper()} {counts[key]}',
+            transform=ax.transAxes,
+            ha=ha,
+            va=va,
+            fontsize=8,
+            color='0.3',
+            bbox=box,
+        )
+
+
+def _calibration_panels(
+    predictions: Any, kind: str
+) -> tuple[np.ndarray, list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]:
+    """Split of every frame, and (property, δ, ε, valid) for each property with any pair."""
+    names = set(predictions.column_names)
+    props = [p for p in PROPERTIES if f'delta_{p}' in names and f'eps_{p}' in names]
+    columns = _read(predictions, [f'{k}_{p}' for p in props for k in ('delta', 'eps')] + ['split'])
+    panels = []
+    for prop in props:
+        delta = np.asarray(columns.column(f'delta_{prop}'), dtype=float)
+        eps = errors_of(kind, {prop: delta}, {prop: columns.column(f'eps_{prop}')})[prop]
+        valid = _mask(columns, f'delta_{prop}') & _mask(columns, f'eps_{prop}')
+        valid &= np.isfinite(delta) & np.isfinite(eps)
+        if valid.any():
+            panels.append((prop, delta, eps, valid))
+    return _split_names(columns), panels
+
+
+def _draw_points(
+    ax: Any,
+    delta: np.ndarray,
+    eps: np.ndarray,
+    masks: tuple[np.ndarray, np.ndarray, np.ndarray],
+    frame_splits: np.ndarray,
+    max_points: int,
+) -> list[tuple[np.ndarray, Any]]:
+    """Scatter the plain frames: the ``used`` ones by split, the ``others`` in grey.
+
+    ``masks`` is (used, others, plain), plain being the frames not set aside as near zero.
+
+    :returns: the (mask, colour) groups, so that :func:`_draw_on_axes` draws their near-zero
+        frames in the same colours.
+    """
+    used, others, plain = masks
+    groups: list[tuple[np.ndarray, Any]] = []
+    if others.any():
+        groups.append((others, '0.6'))
+        chosen = others & plain
+        shown = _thin(int(chosen.sum()), max_points)
+        ax.scatter(
+            eps[chosen][shown],
+            delta[chosen][shown],
+            s=8,
+            color='0.75',
+            edgecolors='none',
+            rasterized=True,
+            label='not used (' + ', '.join(_split_order(frame_splits[others])) + ')',
+        )
+    for position, split in enumerate(_split_order(frame_splits[used])):
+        colour = SPLIT_COLOURS.get(split, f'C{position + 3}')
+        group = used & (frame_splits == split)
+        groups.append((group, colour))
+        chosen = group & plain
+        shown = _thin(int(chosen.sum()), max_points, seed=position)
+        ax.scatter(
+            eps[chosen][shown],
+            delta[chosen][shown],
+            s=12,
+            alpha=0.75,
+            color=colour,
+            edgecolors='none',
+            rasterized=True,
+            label=f'{split} (n={int(group.sum())})',
+        )
+    return groups
+
+
+def _draw_calibration_lines(
+    ax: Any, thresholds: tuple[float, float, float], panel: Mapping[str, Any], unit: str
+) -> None:
+    """The fitted line δ = a ε and the threshold lines τ and ε_thr, where they are known."""
+    slope, tau, limit = thresholds
+    if math.isfinite(slope) and slope > 0:
+        xlim = panel['xlim']
+        grid = np.geomspace(*xlim, 50) if panel['log'] else np.linspace(*xlim, 50)
+        ax.plot(grid, slope * grid, color='k', lw=1.2, label=f'fit: δ = {slope:.3g} ε')
+    if math.isfinite(tau):
+        ax.axhline(tau, color='tab:red', ls='--', lw=1.1, label=f'τ = {tau:.3g} {unit}')
+    if math.isfinite(limit):
+        ax.axvline(limit, color='tab:purple', ls='--', lw=1.1, label=f'ε_thr = {limit:.3g} {unit}')
+
+
+def _score_panel(
+    ax: Any,
+    prop: str,
+    scored: tuple[np.ndarray, np.ndarray],
+    thresholds: tuple[float, float, float],
+    entry: Mapping[str, Any] | None,
+    note: str,
+) -> None:
+    """Quadrant counts of the ``scored`` (δ, ε) and the title with TPR and PPV.
+
+    The title turns grey, with a line that says why, when the rates rest on fewer than
+    :data:`MIN_SCORED` frames.
+    """
+    delta, eps = scored
+    _, tau, limit = thresholds
+    colour, caveat = 'k', ''
+    if math.isfinite(tau) and math.isfinite(limit):
+        counts, _, _ = _rates(delta, eps, tau, limit)
+        _draw_quadrant_counts(ax, counts)
+        rates, caveat = _score_text(_score(entry, counts, int(delta.size)))
+        title = f'{TITLES[prop]}: {rates}'
+        if caveat.endswith('unreliable'):
+            colour = '0.45'
+    else:
+        title = f'{TITLES[prop]}: not calibrated'
+    subtitle = '; '.join(text for text in (note, caveat) if text)
+    ax.set_title(title + (f'\n{subtitle}' if subtitle else ''), fontsize=10, color=colour)
+
+
+def _label_calibration_axes(ax: Any, log: bool, kind: str, unit: str) -> None:
+    if log:
+        _short_log_labels(ax.xaxis)
+        _short_log_labels(ax.yaxis)
+    ax.set_xlabel(f'true error ε{ERROR_LABELS[kind]} ({unit})')
+    ax.set_ylabel(f'disagreement δ ({unit})')
+    ax.grid(alpha=0.3, which='major')
+    ax.legend(
+        loc='upper center',
+        bbox_to_anchor=(0.5, -0.16),
+        ncols=2,
+        fontsize=7.5,
+        frameon=False,
+    )
+
+
+def calibration_figure(
+    predictions: Any,
+    calibration: Any,
+    diagnostics: Mapping[str, Any] | None = None,
+    splits: Sequence[str] | None = None,
+    max_points: int = MAX_POINTS,
+) -> Any:
+    """The figure of :func:`plot_calibration` (a matplotlib ``Figure``), None with no panel.
+
+    Separate from the writing so that what a reader sees (limits, titles, legends) can be
+    checked without decoding a PNG.
+    """
+    cal = _calibration_dict(calibration)
+    kind = cal.get('error', LEGACY_ERROR_KIND)
+    frame_splits, panels = _calibration_panels(predictions, kind)
+    if not panels:
+        return None
+    if splits is None:
+        splits = tuple((diagnostics or {}).get('splits') or CALIBRATION_SPLITS)
+    figure = _figure(4.6 * len(panels), 5.3)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (prop, delta, eps, valid) in zip(axes, panels, strict=True):
+        used = valid & np.isin(frame_splits, list(splits))
+        note = ''
+        if not used.any():
+            used, note = valid, 'all labelled frames'
+        thresholds = _panel_thresholds(cal, prop)
+        panel = _panel_axes(delta, eps, valid, thresholds[1], thresholds[2])
+        plain = ~(panel['eps_zero'] | panel['delta_zero'])
+        masks = (used, valid & ~used, plain)
+        groups = _draw_points(ax, delta, eps, masks, frame_splits, max_points)
+        if panel['log']:
+            ax.set_xscale('log')
+            ax.set_yscale('log')
+        ax.set_xlim(panel['xlim'])
+        ax.set_ylim(panel['ylim'])
+        _draw_on_axes(ax, panel, delta, eps, groups, max_points)
+        _draw_calibration_lines(ax, thresholds, panel, VALUE_UNITS[prop])
+        entry = _given_entry(diagnostics, prop)
+        _score_panel(ax, prop, (delta[used], eps[used]), thresholds, entry, note)
+        _label_calibration_axes(ax, panel['log'], kind, VALUE_UNITS[prop])
+    title = 'Calibration: committee disagreement δ against true error ε'
+    figure.suptitle(title if len(panels) > 1 else title.replace(' against', '\nagainst'))
+    return figure
 
 
 def plot_calibration(
@@ -431,138 +828,32 @@ def plot_calibration(
     of ``splits`` (default: ``diagnostics['splits']``, else validation and test; all labelled
     frames when none is in those splits) coloured by split, the other labelled frames in grey;
     the fitted line δ = a·ε, the threshold τ (horizontal) and the tolerance ε_thr (vertical),
-    dashed; the counts of each quadrant (TP: δ > τ and ε > ε_thr, ...). Axes are logarithmic
-    when every drawn value is positive. The title gives TPR and PPV, from ``diagnostics``
+    dashed; the counts of each quadrant (TP: δ > τ and ε > ε_thr, ...). Axes are logarithmic;
+    frames whose ε or δ is numerically zero (at most :data:`ZERO_FRACTION` of ε_thr or τ:
+    perfect crystals, isolated atoms) are drawn as open diamonds on the axis, counted in the
+    legend, and do not set the limits (see :func:`_panel_axes`). The title gives TPR and PPV
+    with their fractions, e.g. "TPR 0.75 (3/4)", from ``diagnostics``
     (:func:`~aiida_trainspot.evaluation.calibration.diagnostics`, a report with
     ``at_thresholds`` or a record with ``tpr``/``ppv``) when given, else computed from the
-    frames of ``splits``. ``calibration`` may be None (points only). ε is the error the
-    calibration was fitted to (its ``error``: the committee mean's, or the members' RMS error
+    frames of ``splits``; with fewer than :data:`MIN_SCORED` frames scored it says so and is
+    grey. ``calibration`` may be None (points only). ε is the error the calibration was fitted
+    to (its ``error``: the committee mean's, or the members' RMS error
     :math:`\\sqrt{\\varepsilon^2 + \\delta^2}`).
     """
-    cal = _calibration_dict(calibration)
-    names = set(predictions.column_names)
-    props = [p for p in PROPERTIES if f'delta_{p}' in names and f'eps_{p}' in names]
-    columns = _read(predictions, [f'{k}_{p}' for p in props for k in ('delta', 'eps')] + ['split'])
-    frame_splits = _split_names(columns)
-    if splits is None:
-        splits = tuple((diagnostics or {}).get('splits') or CALIBRATION_SPLITS)
-    kind = cal.get('error', LEGACY_ERROR_KIND)
-    panels = []
-    for prop in props:
-        delta = np.asarray(columns.column(f'delta_{prop}'), dtype=float)
-        eps = errors_of(kind, {prop: delta}, {prop: columns.column(f'eps_{prop}')})[prop]
-        valid = _mask(columns, f'delta_{prop}') & _mask(columns, f'eps_{prop}')
-        valid &= np.isfinite(delta) & np.isfinite(eps)
-        if valid.any():
-            panels.append((prop, delta, eps, valid))
-    if not panels:
+    figure = calibration_figure(predictions, calibration, diagnostics, splits, max_points)
+    if figure is None:
         return _message(
             path, 'Calibration', 'no frame has both a disagreement δ and a true error ε'
         )
-
-    figure = _figure(4.6 * len(panels), 5.0)
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (prop, delta, eps, valid) in zip(axes, panels, strict=True):
-        used = valid & np.isin(frame_splits, list(splits))
-        note = ''
-        if not used.any():
-            used, note = valid, ' (all labelled frames)'
-        others = valid & ~used
-        slope = _number(_get(cal, 'slopes', prop))
-        limit = _number(_get(cal, 'error_thresholds', prop))
-        tau = _number(_get(cal, 'thresholds', prop))
-        if not math.isfinite(tau) and math.isfinite(slope) and math.isfinite(limit):
-            tau = slope * limit
-        drawn = valid if others.any() else used
-        log = bool(np.all(delta[drawn] > 0) and np.all(eps[drawn] > 0))
-        unit = VALUE_UNITS[prop]
-        if others.any():
-            shown = _thin(int(others.sum()), max_points)
-            ax.scatter(
-                eps[others][shown],
-                delta[others][shown],
-                s=8,
-                color='0.75',
-                edgecolors='none',
-                rasterized=True,
-                label='not used (' + ', '.join(_split_order(frame_splits[others])) + ')',
-            )
-        for position, split in enumerate(_split_order(frame_splits[used])):
-            chosen = used & (frame_splits == split)
-            shown = _thin(int(chosen.sum()), max_points, seed=position)
-            ax.scatter(
-                eps[chosen][shown],
-                delta[chosen][shown],
-                s=12,
-                alpha=0.75,
-                color=SPLIT_COLOURS.get(split, f'C{position + 3}'),
-                edgecolors='none',
-                rasterized=True,
-                label=f'{split} (n={int(chosen.sum())})',
-            )
-        if log:
-            ax.set_xscale('log')
-            ax.set_yscale('log')
-        # limits that hold the points, the threshold lines and some margin
-        xs = [*eps[drawn], *([limit] if math.isfinite(limit) else [])]
-        ys = [*delta[drawn], *([tau] if math.isfinite(tau) else [])]
-        xlim, ylim = _limits(xs, log), _limits(ys, log)
-        ax.set_xlim(xlim)
-        ax.set_ylim(ylim)
-        if math.isfinite(slope) and slope > 0:
-            grid = np.geomspace(*xlim, 50) if log else np.linspace(*xlim, 50)
-            ax.plot(grid, slope * grid, color='k', lw=1.2, label=f'fit: δ = {slope:.3g} ε')
-        if math.isfinite(tau):
-            ax.axhline(tau, color='tab:red', ls='--', lw=1.1, label=f'τ = {tau:.3g} {unit}')
-        if math.isfinite(limit):
-            ax.axvline(
-                limit, color='tab:purple', ls='--', lw=1.1, label=f'ε_thr = {limit:.3g} {unit}'
-            )
-        if math.isfinite(tau) and math.isfinite(limit):
-            counts, tpr, ppv = _rates(delta[used], eps[used], tau, limit)
-            given = _given_rates(diagnostics, prop)
-            if given is not None:
-                tpr, ppv = given
-            box = {'boxstyle': 'round,pad=0.2', 'fc': 'white', 'ec': '0.8', 'alpha': 0.85}
-            for key, (x, y, ha, va) in {
-                'tp': (0.98, 0.98, 'right', 'top'),
-                'fp': (0.02, 0.98, 'left', 'top'),
-                'fn': (0.98, 0.02, 'right', 'bottom'),
-                'tn': (0.02, 0.02, 'left', 'bottom'),
-            }.items():
-                ax.text(
-                    x,
-                    y,
-                    f'{key.upper()} {counts[key]}',
-                    transform=ax.transAxes,
-                    ha=ha,
-                    va=va,
-                    fontsize=8,
-                    color='0.3',
-                    bbox=box,
-                )
-            title = f'{TITLES[prop]}: TPR {_rate(tpr)}, PPV {_rate(ppv)}'
-        else:
-            title = f'{TITLES[prop]}: not calibrated'
-        if log:
-            _short_log_labels(ax.xaxis)
-            _short_log_labels(ax.yaxis)
-        ax.set_title(title + note, fontsize=10.5)
-        ax.set_xlabel(f'true error ε{ERROR_LABELS[kind]} ({unit})')
-        ax.set_ylabel(f'disagreement δ ({unit})')
-        ax.grid(alpha=0.3, which='major')
-        ax.legend(
-            loc='upper center',
-            bbox_to_anchor=(0.5, -0.16),
-            ncols=2,
-            fontsize=7.5,
-            frameon=False,
-        )
-    figure.suptitle('Calibration: committee disagreement δ against true error ε')
     return _save(figure, path)
 
 
-def _limits(values: Sequence[float], log: bool) -> tuple[float, float]:
+def _limits(values: Sequence[float], log: bool, margin: float = 0.06) -> tuple[float, float]:
+    """Axis limits around ``values`` with ``margin`` of their span (in decades on a log axis).
+
+    The calibration's δ axis takes a wider margin (:data:`COUNT_MARGIN`) so that its extreme
+    points stay clear of the quadrant counts in the corners.
+    """
     array = np.asarray([v for v in values if np.isfinite(v) and (v > 0 or not log)], dtype=float)
     if array.size == 0:
         return (0.1, 10.0) if log else (0.0, 1.0)
@@ -570,9 +861,11 @@ def _limits(values: Sequence[float], log: bool) -> tuple[float, float]:
     if log:
         if high <= low:
             return low / 3, high * 3
-        factor = (high / low) ** 0.06
+        factor = (high / low) ** margin
         return low / factor, high * factor
-    pad = 0.05 * (high - low) if high > low else max(abs(high), 1e-12) * 0.1
+    if low == high == 0.0:
+        return 0.0, 1.0
+    pad = margin * (high - low) if high > low else abs(high) * 0.1
     # non-negative values (errors, disagreements) start at zero
     return (0.0 if low >= 0 else low - pad), high + pad
 

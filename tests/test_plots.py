@@ -290,3 +290,198 @@ def test_module_imports_neither_aiida_nor_pyplot():
         "assert 'matplotlib.pyplot' not in sys.modules"
     )
     subprocess.run([sys.executable, '-c', code], check=True)
+
+
+# ----------------------------------------------------------------------------- calibration: reading
+
+
+def forces_case(frames, eps, delta, splits=('validation', 'test')):
+    """A PESData with only the forces' δ and ε (eV/Å) given, one per frame, cycling ``splits``."""
+    from aiida_trainspot.data import PESData
+
+    n = len(eps)
+    dataset = PESData.from_ase([frames[i % len(frames)] for i in range(n)])
+    columns = {
+        'split': np.array([splits[i % len(splits)] for i in range(n)], dtype=object),
+        'delta_forces': np.asarray(delta, dtype=float),
+        'eps_forces': np.asarray(eps, dtype=float),
+    }
+    return dataset.with_columns(np.arange(n), columns)
+
+
+def spread_with_zeros(n_spread=30, seed=5):
+    """``n_spread`` frames with errors 0.01-1 eV/Å and δ ≈ 0.3 ε, then three with none.
+
+    The three are what perfect crystals and isolated atoms give: ε exactly 0 with δ 0, ε of
+    round-off size (1e-14) with δ 0, and δ of round-off size with ε exactly 0.
+    """
+    rng = np.random.default_rng(seed)
+    eps = 10 ** rng.uniform(-2, 0, n_spread)
+    delta = 0.3 * eps * rng.lognormal(0, 0.4, n_spread)
+    return np.r_[eps, 0.0, 1e-14, 0.0], np.r_[delta, 0.0, 0.0, 3e-15]
+
+
+FORCES_CALIBRATION = Calibration({'forces': 0.3}, {'forces': 0.1})
+
+
+def legend_texts(ax):
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_calibration_zero_frames_do_not_set_the_limits(labelled_carbon_frames, plot_dir):
+    eps, delta = spread_with_zeros()
+    dataset = forces_case(labelled_carbon_frames, eps, delta)
+    figure = plots.calibration_figure(dataset, FORCES_CALIBRATION)
+    (ax,) = figure.axes
+    assert ax.get_xscale() == 'log' and ax.get_yscale() == 'log'
+    informative_eps, informative_delta = eps[eps > 0.001].min(), delta[delta > 1e-6].min()
+    low_x, high_x = ax.get_xlim()
+    low_y, high_y = ax.get_ylim()
+    # within a margin of the smallest informative value, nowhere near 1e-14
+    assert informative_eps / 1.5 < low_x <= informative_eps
+    assert informative_delta / 2 < low_y <= informative_delta
+    assert high_x >= eps.max() and high_y >= delta.max()
+    assert (
+        '3 frames with ε or δ ≈ 0, on the axes\n(3 with both, on one another in the corner)'
+        in legend_texts(ax)
+    )
+    # the set-aside frames are drawn on the axes, not dropped: one diamond each
+    diamonds = [c for c in ax.collections if len(c.get_offsets()) and c.get_clip_on() is False]
+    offsets = np.concatenate([c.get_offsets() for c in diamonds])
+    assert len(offsets) == 3
+    assert np.allclose(offsets[:, 0], low_x) and np.allclose(offsets[:, 1], low_y)
+    assert_png(plots._save(figure, plot_dir / 'calibration-zeros.png'))
+
+
+def test_calibration_zero_floor_is_relative_to_the_threshold():
+    values = np.array([0.0, 1e-14, 0.05, 0.5])
+    assert plots._zero_floor(values, 0.1) == pytest.approx(plots.ZERO_FRACTION * 0.1)
+    # no threshold: relative to the largest value
+    assert plots._zero_floor(values, math.nan) == pytest.approx(plots.ZERO_FRACTION * 0.5)
+    assert plots._zero_floor(np.zeros(3), math.nan) == 0.0
+    drawn = np.ones(4, dtype=bool)
+    panel = plots._panel_axes(values, values, drawn, 0.03, 0.1)
+    assert panel['eps_zero'].tolist() == [True, True, False, False]
+    assert panel['delta_zero'].tolist() == [True, True, False, False]
+    assert panel['xlim'][0] > 0.04 and panel['ylim'][0] > 0.02  # τ = 0.03 is in view
+    # a value just above the floor is data, and it does set the limit
+    small = np.array([2 * plots.ZERO_FRACTION * 0.1, 0.5])
+    panel = plots._panel_axes(small, small, np.ones(2, dtype=bool), math.nan, 0.1)
+    assert not panel['eps_zero'].any()
+    assert panel['xlim'][0] < small[0]
+
+
+def test_calibration_all_zero_falls_back_to_linear_axes(labelled_carbon_frames):
+    dataset = forces_case(labelled_carbon_frames, np.zeros(4), np.zeros(4))
+    (ax,) = plots.calibration_figure(dataset, None).axes
+    assert ax.get_xscale() == 'linear' and ax.get_xlim()[0] == 0.0
+    assert not any('≈ 0' in text for text in legend_texts(ax))
+
+
+def test_calibration_title_has_counts_and_marks_few_frames(labelled_carbon_frames, plot_dir):
+    eps, delta = np.array([0.2, 0.5, 0.9]), np.array([0.1, 0.2, 0.4])  # all above, all flagged
+    dataset = forces_case(labelled_carbon_frames, eps, delta)
+    figure = plots.calibration_figure(dataset, FORCES_CALIBRATION)
+    (ax,) = figure.axes
+    title = ax.get_title()
+    assert title.startswith('Forces: TPR 1.00 (3/3), PPV 1.00 (3/3)')
+    assert 'only 3 frames scored (< 10): unreliable' in title
+    grey = ax.title.get_color()
+    # the extreme points stay clear of the quadrant counts in the corners (top and bottom 8 %)
+    to_axes = ax.transData + ax.transAxes.inverted()
+    heights = to_axes.transform(np.c_[eps, delta])[:, 1]
+    assert heights.min() > 0.08 and heights.max() < 0.92
+    assert_png(plots._save(figure, plot_dir / 'calibration-three.png'))
+
+    eps, delta = spread_with_zeros()
+    figure = plots.calibration_figure(forces_case(labelled_carbon_frames, eps, delta), None)
+    assert 'not calibrated' in figure.axes[0].get_title()
+    figure = plots.calibration_figure(
+        forces_case(labelled_carbon_frames, eps, delta), FORCES_CALIBRATION
+    )
+    title = figure.axes[0].get_title()
+    counts = classification_rates(delta, eps, 0.03, 0.1)
+    tp, fn, fp = counts['tp'], counts['fn'], counts['fp']
+    assert f'TPR {tp / (tp + fn):.2f} ({tp}/{tp + fn})' in title
+    assert f'PPV {tp / (tp + fp):.2f} ({tp}/{tp + fp})' in title
+    assert 'unreliable' not in title
+    assert figure.axes[0].title.get_color() != grey
+
+
+def test_calibration_score_from_diagnostics():
+    counts = {'tp': 3, 'fn': 0, 'fp': 1, 'tn': 1}
+    own = plots._score(None, counts, 5)
+    assert own['n'] == 5 and own['ppv'] == pytest.approx(0.75)
+    assert plots._score_text(own) == (
+        'TPR 1.00 (3/3), PPV 0.75 (3/4)',
+        'only 5 frames scored (< 10): unreliable',
+    )
+    # a report (calibration.diagnostics) carries its counts: they win over the plotted frames
+    rng = np.random.default_rng(1)
+    eps = rng.uniform(0, 0.3, 40)
+    report = {'at_thresholds': {'forces': classification_rates(0.3 * eps, eps, 0.03, 0.1)}}
+    entry = plots._given_entry(report, 'forces')
+    score = plots._score(entry, counts, 5)
+    expected = report['at_thresholds']['forces']
+    assert (score['tp'], score['fn'], score['fp'], score['n']) == (
+        expected['tp'],
+        expected['fn'],
+        expected['fp'],
+        40,
+    )
+    rates, caveat = plots._score_text(score)
+    assert caveat == '' and f'({expected["tp"]}/{expected["tp"] + expected["fn"]})' in rates
+    # an old record holds rates only: counts of the plotted frames when the rates are theirs
+    assert plots._score({'tpr': 1.0, 'ppv': 0.75}, counts, 5) == own
+    # ... else the recorded rates, without made-up fractions, and said to be so
+    record = make_record(1)  # forces: TPR 0.8, PPV None
+    score = plots._score(plots._given_entry(record, 'forces'), counts, 5)
+    assert score['tpr'] == 0.8 and math.isnan(score['ppv']) and score['n'] is None
+    assert plots._score_text(score) == ('TPR 0.80, PPV n/a', 'recorded rates; counts not stored')
+    # counts without the number of frames: fractions, but no claim about reliability
+    score = plots._score({'tpr': 0.5, 'tp': 2, 'fn': 2, 'fp': 0}, counts, 5)
+    assert plots._score_text(score) == ('TPR 0.50 (2/4), PPV 1.00 (2/2)', '')
+    # zero denominators
+    empty = plots._score(None, {'tp': 0, 'fn': 0, 'fp': 0, 'tn': 12}, 12)
+    assert plots._score_text(empty) == ('TPR n/a (0/0), PPV n/a (0/0)', '')
+
+
+def test_calibration_zero_error_keeps_its_disagreement(labelled_carbon_frames, plot_dir):
+    """ε = 0 with a large δ (an isolated atom the committee disagrees on) is a false positive.
+
+    It goes on the left axis at its own δ, and δ = 0 with a real error on the bottom axis at its
+    own ε, so each stays in the quadrant it is counted in.
+    """
+    eps, delta = spread_with_zeros()
+    eps, delta = np.r_[eps, 0.0, 0.3], np.r_[delta, 0.08, 0.0]
+    dataset = forces_case(labelled_carbon_frames, eps, delta)
+
+    def on_axes(ax):
+        edge = [c for c in ax.collections if len(c.get_offsets()) and not c.get_clip_on()]
+        return np.concatenate([c.get_offsets() for c in edge])
+
+    figure = plots.calibration_figure(dataset, Calibration({'forces': 0.3}, {'forces': 0.1}))
+    (ax,) = figure.axes
+    offsets = on_axes(ax)
+    assert len(offsets) == 5
+    assert any(np.allclose(o, (ax.get_xlim()[0], 0.08)) for o in offsets)  # isolated atom
+    assert any(np.allclose(o, (0.3, ax.get_ylim()[0])) for o in offsets)  # δ = 0, ε = 0.3
+    assert any(
+        text.startswith('5 frames with ε or δ ≈ 0, on the axes\n(3 with')
+        for text in legend_texts(ax)
+    )
+    # the isolated atom (δ = 0.08 > τ = 0.03, ε = 0) is counted as a false positive
+    fp_without = classification_rates(delta[:-2], eps[:-2], 0.03, 0.1)['fp']
+    assert [t.get_text() for t in ax.texts if t.get_text().startswith('FP')] == [
+        f'FP {fp_without + 1}'
+    ]
+    assert_png(plots._save(figure, plot_dir / 'calibration-edges.png'))
+
+    # the members' error sqrt(ε² + δ²) of the isolated atom is its δ: an ordinary point
+    members = Calibration({'forces': 0.3}, {'forces': 0.1}, error='members')
+    (ax,) = plots.calibration_figure(dataset, members).axes
+    assert len(on_axes(ax)) == 4
+    assert any(
+        text.startswith('4 frames with ε or δ ≈ 0, on the axes\n(3 with')
+        for text in legend_texts(ax)
+    )
