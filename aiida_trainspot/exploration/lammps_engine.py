@@ -8,7 +8,10 @@ Everything in the job folder is relative, so a run goes unchanged to a remote co
 
 - :func:`classical_potential` / :func:`model_potential`: a :class:`LammpsPotential` (pair-style
   spec of :mod:`.lammps_input` + the files it needs as ``SinglefileData``), from a LAMMPS
-  parameter file or from a :class:`~aiida_trainspot.training.model.PotentialModel`.
+  parameter file or from a :class:`~aiida_trainspot.training.model.PotentialModel` (its own
+  LAMMPS export, stored by the training).
+- :func:`export_lammps_model` (calcfunction): the LAMMPS file of a MACE model that has none
+  stored (:func:`needs_export`), converted when an exploration draws it.
 - :func:`md_inputs`: the inputs of one ``lammps.raw`` job and its ``conversion`` ``Dict``
   (types, rotation, atoms, MD targets), which the frames need to come back.
 - :func:`lammps_trajectory_frames` (calcfunction): the retrieved folders of finished runs and
@@ -49,9 +52,12 @@ __all__ = (
     'LammpsPotential',
     'classical_potential',
     'collect_frames',
+    'export_lammps_model',
+    'export_problem',
     'lammps_trajectory_frames',
     'md_inputs',
     'model_potential',
+    'needs_export',
 )
 
 ENGINE = 'lammps'
@@ -127,48 +133,88 @@ def model_potential(
 ) -> LammpsPotential:
     """The LAMMPS potential of a :class:`~aiida_trainspot.training.model.PotentialModel`.
 
-    - ``mace``: ``pair_style mace no_domain_decomposition`` with ``lammps_model``, the model
-      converted for LAMMPS (``mace_create_lammps_model model.model`` writes
-      ``model.model-lammps.pt``); required, the training ``.model`` does not load in LAMMPS.
-    - ``metatrain``: ``pair_style metatomic`` with the exported model itself (or
-      ``lammps_model``) on ``device``, with its ``extensions`` folder when it has one.
+    The file LAMMPS loads is the model's own export (``model.lammps_export()``: the one the
+    training stored under ``lammps/``; a metatrain model's file when none is stored), or
+    ``lammps_model`` when given (a file converted by hand).
+
+    - ``mace``: ``pair_style mace no_domain_decomposition`` with the ``mace_create_lammps_model``
+      file (``model.model-lammps.pt``); a MACE model without one needs ``lammps_model`` (or
+      :func:`export_lammps_model`): the training ``.model`` does not load in LAMMPS.
+    - ``metatrain``: ``pair_style metatomic`` with the exported metatomic model on ``device``,
+      with its ``extensions`` folder when it has one.
 
     The model's species become the atom types of every run.
     """
     engine = model.engine
+    if engine not in ('mace', 'metatrain'):
+        raise LammpsInputError(f'no LAMMPS pair style for models of engine {engine!r}')
     species = lammps_species(model.species)
-    files: dict[str, orm.SinglefileData] = {}
+    if lammps_model is not None:
+        node = _singlefile(lammps_model)
+    else:
+        export = model.lammps_export()
+        if export is None:
+            raise LammpsInputError(
+                f'{model.missing_lammps_export()}, or as `lammps_model` here (LAMMPS cannot '
+                'read a training `.model`; `export_lammps_model` converts a MACE model)'
+            )
+        node = orm.SinglefileData(io.BytesIO(export[1]), filename=export[0])
+    files: dict[str, orm.SinglefileData] = {node.filename: node}
     prepend: list[str] = []
     if engine == 'mace':
-        if lammps_model is None:
-            raise LammpsInputError(
-                'a MACE model needs `lammps_model`: convert it with `mace_create_lammps_model` '
-                '(LAMMPS reads `<model>-lammps.pt`, not the training `.model`)'
-            )
-        node = _singlefile(lammps_model)
         spec: dict[str, Any] = {'kind': 'mace', 'file': node.filename}
-        files[node.filename] = node
-    elif engine == 'metatrain':
-        if lammps_model is not None:
-            node = _singlefile(lammps_model)
-        else:
-            repository = model.base.repository
-            content = repository.get_object_content(f'model/{model.model_filename}', 'rb')
-            node = orm.SinglefileData(io.BytesIO(content), filename=model.model_filename)
+    else:
         spec = {'kind': 'metatomic', 'file': node.filename}
         if device:
             spec['device'] = device
-        files[node.filename] = node
         if model.has_extensions:
             spec['extensions'] = EXTENSIONS_DIR
             extension_files, prepend = _extension_files(model)
             files.update(extension_files)
-    else:
-        raise LammpsInputError(f'no LAMMPS pair style for models of engine {engine!r}')
     if dispersion is not None:
         spec['dispersion'] = dict(dispersion)
     check_potential(spec)
     return LammpsPotential(spec=spec, files=files, prepend_text='\n'.join(prepend), species=species)
+
+
+def needs_export(model: Any) -> bool:
+    """Whether ``model`` is to be converted for LAMMPS: MACE, no export, none attempted.
+
+    A model whose training tried and failed (``lammps_export_error``) is not tried again:
+    :func:`export_problem` refuses it.
+    """
+    return model.engine == 'mace' and not model.lammps_filename and not model.lammps_export_error
+
+
+def export_problem(model: Any) -> str | None:
+    """Why ``model`` cannot run in LAMMPS (None when its export is stored or can be made)."""
+    if model.lammps_filename or not model.lammps_export_error:
+        return None
+    return model.missing_lammps_export()
+
+
+@calcfunction
+def export_lammps_model(model: orm.Data) -> orm.SinglefileData:
+    """The ``mace_create_lammps_model`` file of a MACE model that has none stored.
+
+    For models made by ``PotentialModel.from_files`` without ``lammps_file`` (a foundation
+    model, a committee given by hand): the exploration converts the drawn member once, here,
+    so the graph links the file LAMMPS ran to the model it came from. Trained members carry
+    their export from their training job's parser. The conversion takes seconds (TorchScript
+    compilation, no numerics), in the model's training dtype.
+    """
+    import tempfile
+
+    from aiida_trainspot.training.lammps_export import export_mace, mace_export_name
+
+    if model.engine != 'mace':
+        raise ValueError(f'export_lammps_model: model <{model.pk}> is not a MACE model')
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / model.model_filename  # the model file only, not the checkpoint
+        source.write_bytes(model.base.repository.get_object_content(model.model_path, 'rb'))
+        name = mace_export_name(model.model_filename)
+        output = export_mace(source, Path(tmp) / name, model.base.attributes.get('dtype'))
+        return orm.SinglefileData(io.BytesIO(output.read_bytes()), filename=name)
 
 
 def _extension_files(model: Any) -> tuple[dict[str, orm.SinglefileData], list[str]]:

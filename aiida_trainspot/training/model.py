@@ -1,10 +1,15 @@
 """``PotentialModel`` (``trainspot.model``): a trained potential and what is needed to use it.
 
 The repository holds the model file under ``model/``, an optional training
-checkpoint under ``checkpoint/`` (what fine-tuning and warm starts read) and the
+checkpoint under ``checkpoint/`` (what fine-tuning and warm starts read), the
 files needed at load time under ``extensions/`` (e.g. metatomic's compiled
-extensions). Attributes record the engine, architecture, species, cutoff, dtype,
-seed and final metrics, so models are queryable and later stages never guess.
+extensions) and, under ``lammps/``, the model as LAMMPS' pair style loads it
+(MACE: the ``mace_create_lammps_model`` file ``<model>-lammps.pt``; metatrain:
+the exported metatomic model, which needs ``extensions/`` beside it too).
+Attributes record the engine, architecture, species, cutoff, dtype, seed, final
+metrics and ``lammps_filename`` (None without an export; the training parsers
+record why in ``lammps_export_error`` when the export failed), so models are
+queryable and later stages never guess.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .loader import DTYPES, ENGINES, load_calculator
 MODEL_DIR = 'model'
 CHECKPOINT_DIR = 'checkpoint'
 EXTENSIONS_DIR = 'extensions'
+LAMMPS_DIR = 'lammps'
 
 
 class PotentialModel(orm.Data):
@@ -42,8 +48,14 @@ class PotentialModel(orm.Data):
         extensions_dir: str | Path | None = None,
         metrics: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
+        lammps_file: str | Path | None = None,
     ) -> PotentialModel:
-        """Create an (unstored) model from files on disk."""
+        """Create an (unstored) model from files on disk.
+
+        ``lammps_file``: the model as LAMMPS loads it (see the module docstring). A MACE
+        model without one is converted when a LAMMPS exploration draws it; a metatrain
+        model file is its own export.
+        """
         if engine not in ENGINES:
             raise ValueError(f'engine: unknown engine {engine!r}; choose one of {list(ENGINES)}')
         if dtype not in DTYPES:
@@ -63,6 +75,9 @@ class PotentialModel(orm.Data):
             and any(Path(extensions_dir).iterdir())
         ):
             repository.put_object_from_tree(str(extensions_dir), EXTENSIONS_DIR)
+        if lammps_file is not None:
+            lammps_file = Path(lammps_file)
+            repository.put_object_from_file(str(lammps_file), f'{LAMMPS_DIR}/{lammps_file.name}')
         attributes = {
             'engine': engine,
             'architecture': architecture,
@@ -72,6 +87,7 @@ class PotentialModel(orm.Data):
             'seed': seed,
             'model_filename': model_file.name,
             'checkpoint_filename': checkpoint_file.name if checkpoint_file is not None else None,
+            'lammps_filename': lammps_file.name if lammps_file is not None else None,
             'metrics': dict(metrics or {}),
             **dict(extra or {}),
         }
@@ -101,9 +117,24 @@ class PotentialModel(orm.Data):
         return self.base.attributes.get('model_filename')
 
     @property
+    def model_path(self) -> str:
+        """Path of the model file in the node's repository."""
+        return f'{MODEL_DIR}/{self.model_filename}'
+
+    @property
     def checkpoint_filename(self) -> str | None:
         """Name of the checkpoint file, if one is stored."""
         return self.base.attributes.get('checkpoint_filename')
+
+    @property
+    def lammps_filename(self) -> str | None:
+        """Name of the stored LAMMPS export (None when the model has none)."""
+        return self.base.attributes.get('lammps_filename', None)
+
+    @property
+    def lammps_export_error(self) -> str | None:
+        """Why the training could not export the model for LAMMPS (None: it did, or never tried)."""
+        return self.base.attributes.get('lammps_export_error', None)
 
     @property
     def has_extensions(self) -> bool:
@@ -131,6 +162,44 @@ class PotentialModel(orm.Data):
             paths['extensions'] = directory / EXTENSIONS_DIR
             repository.copy_tree(paths['extensions'], EXTENSIONS_DIR)
         return paths
+
+    def lammps_export(self) -> tuple[str, bytes] | None:
+        """(file name, content) of what LAMMPS' pair style loads; None if there is none.
+
+        The stored export; without one, a metatrain model's own file (``mtt train`` writes
+        an exported metatomic model) unless its training found it unloadable
+        (``lammps_export_error``), and, for MACE, None: its training ``.model`` does not load
+        in LAMMPS (:func:`~aiida_trainspot.training.lammps_export.export_mace` converts it).
+        """
+        repository = self.base.repository
+        if self.lammps_filename:
+            path = f'{LAMMPS_DIR}/{self.lammps_filename}'
+            return self.lammps_filename, repository.get_object_content(path, 'rb')
+        if self.engine == 'metatrain' and not self.lammps_export_error:
+            return self.model_filename, repository.get_object_content(self.model_path, 'rb')
+        return None
+
+    def missing_lammps_export(self) -> str:
+        """What to do about a model that has no LAMMPS export (for error messages)."""
+        reason = (
+            f' (its export failed: {self.lammps_export_error})' if self.lammps_export_error else ''
+        )
+        tool = '`mace_create_lammps_model`' if self.engine == 'mace' else 'metatrain (`mtt export`)'
+        return (
+            f'model <{self.pk}> ({self.engine}) has no LAMMPS export{reason}: export it with '
+            f'{tool} and give the file as `PotentialModel.from_files(..., lammps_file=...)`'
+        )
+
+    def write_lammps_model(self, directory: str | Path) -> Path:
+        """Write :meth:`lammps_export`'s file into ``directory``; return its path."""
+        export = self.lammps_export()
+        if export is None:
+            raise ValueError(self.missing_lammps_export())
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / export[0]
+        path.write_bytes(export[1])
+        return path
 
     @contextlib.contextmanager
     def calculator(self, device: str = 'cpu', dtype: str | None = None) -> Iterator[Any]:

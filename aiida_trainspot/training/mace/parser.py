@@ -12,6 +12,10 @@ Outputs (exit codes and their order: :class:`~aiida_trainspot.training.base.Trai
   beside it (``mace_compiled.model``), when there is one, is stored in the node's
   ``extensions/`` folder and named by the attribute ``compiled_model_filename`` (None when
   MACE could not compile the model); the ASE calculator does not need it.
+  Its LAMMPS export (``lammps/<model file>-lammps.pt``, attribute ``lammps_filename``) is
+  what ``mace_create_lammps_model`` writes, made here (:meth:`MaceTrainParser.export_for_lammps`);
+  when the conversion fails the model is still output, without it, and the attribute
+  ``lammps_export_error`` says why.
 * ``checkpoint``: a FolderData of the ``checkpoints/*.pt`` files (at its top level, which is
   what ``restart_checkpoint`` expects).
 * ``metrics``: :func:`.config.parse_results` of ``results/mace_run-<seed>_train.txt``.
@@ -28,6 +32,7 @@ import yaml
 from aiida import orm
 
 from ..base import CHECKPOINT_DIR, TrainingParser
+from ..lammps_export import export_mace, mace_export_name
 from ..model import PotentialModel
 from . import config as mace_config
 
@@ -102,8 +107,26 @@ class MaceTrainParser(TrainingParser):
                 return {str(z): e for z, e in e0s.items()}
         return None
 
+    def export_for_lammps(self, model: Path, dtype: str) -> tuple[Path | None, str | None]:
+        """The model converted for ``pair_style mace`` beside it, or None and why not.
+
+        The conversion runs here, at parse time, and not in the training job: the job's code
+        is ``mace_run_train``, whose environment this package does not control on a remote
+        computer (the ``mace_create_lammps_model`` beside it, a Python to run it), while the
+        parser has the model file at hand and the MACE the package depends on. It is a
+        TorchScript compilation of seconds, once per member, no numerics. The file is made
+        with this environment's torch: a LAMMPS linked to an older libtorch may need the model
+        converted on its side (``PotentialModel.from_files(..., lammps_file=...)``).
+        """
+        output = model.with_name(mace_export_name(model.name))
+        try:
+            return export_mace(model, output, dtype), None
+        except Exception as exception:  # the model stays usable: record why, do not fail
+            self.logger.warning(f'no LAMMPS export of {model.name}: {exception}')
+            return None, f'{type(exception).__name__}: {exception}'
+
     def build_model(self, model_file: str, metrics: dict[str, Any]) -> PotentialModel:
-        """The trained model with its metadata, compiled variant and latest checkpoint."""
+        """The trained model with its metadata, compiled variant, checkpoint and LAMMPS export."""
         inputs = self.node.inputs
         species = set(inputs.training.species) | set(inputs.validation.species)
         settings = mace_config.model_settings(self._config())
@@ -116,6 +139,7 @@ class MaceTrainParser(TrainingParser):
             (tmp / 'model').mkdir()
             local_model = tmp / 'model' / Path(model_file).name
             local_model.write_bytes(repository.get_object_content(model_file, 'rb'))
+            lammps_file, lammps_error = self.export_for_lammps(local_model, inputs.dtype.value)
             extensions = None
             if has_compiled:
                 extensions = tmp / 'extensions'
@@ -143,5 +167,7 @@ class MaceTrainParser(TrainingParser):
                 extra={
                     'compiled_model_filename': compiled if has_compiled else None,
                     'e0s': self._e0s(),
+                    'lammps_export_error': lammps_error,
                 },
+                lammps_file=lammps_file,
             )

@@ -10,6 +10,10 @@
 * ``model``: a :class:`~aiida_trainspot.training.model.PotentialModel` with ``model.pt``, its
   ``extensions/`` and the ``model.ckpt`` checkpoint (what fine-tuning reads); its
   ``metrics`` attribute is ``metrics['final']`` (with ``evaluation`` when there is one).
+  ``model.pt`` is already the file ``pair_style metatomic`` loads (``mtt train`` exports a
+  metatomic ``AtomisticModel``): once metatomic's check passes it is also stored as the
+  LAMMPS export, ``lammps/model.pt`` (the same bytes, deduplicated by the repository; LAMMPS
+  finds the extensions in ``extensions/``); otherwise ``lammps_export_error`` says why.
 * ``checkpoint``: the latest intermediate ``model_<epoch>.ckpt`` (to resume with
   ``restart_checkpoint``), when the run wrote one.
 
@@ -27,6 +31,7 @@ import yaml
 from aiida import orm
 
 from ..base import STDOUT, TrainingParser
+from ..lammps_export import metatomic_export_problem
 from ..model import PotentialModel
 from . import config
 from .calculation import (
@@ -120,7 +125,7 @@ class MetatrainTrainParser(TrainingParser):
         return checkpoint
 
     def build_model(self, model_file: str, metrics: dict[str, Any]) -> PotentialModel:
-        """The model with its extensions and checkpoint, and what it was trained as."""
+        """The model with its extensions, checkpoint and LAMMPS export, and how it was trained."""
         inputs = self.node.inputs
         options = self._options()
         architecture = (options.get('architecture') or {}).get('name') or config.architecture_name(
@@ -135,6 +140,9 @@ class MetatrainTrainParser(TrainingParser):
             tmp = Path(tmp)
             repository = self.retrieved.base.repository
             (tmp / MODEL_FILE).write_bytes(repository.get_object_content(model_file, 'rb'))
+            lammps_error = metatomic_export_problem(tmp / MODEL_FILE)
+            if lammps_error:
+                self.logger.warning(f'{MODEL_FILE} is no LAMMPS-ready model: {lammps_error}')
             checkpoint = None
             if CHECKPOINT_FILE in files:
                 checkpoint = tmp / CHECKPOINT_FILE
@@ -154,6 +162,8 @@ class MetatrainTrainParser(TrainingParser):
                 checkpoint_file=checkpoint,
                 extensions_dir=extensions,
                 metrics={**metrics['final'], **_evaluation(metrics)},
+                extra={'lammps_export_error': lammps_error},
+                lammps_file=None if lammps_error else tmp / MODEL_FILE,
             )
 
 
