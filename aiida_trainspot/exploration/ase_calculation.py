@@ -130,6 +130,12 @@ def validate_inputs(inputs: dict, ctx=None) -> str | None:
         protocol = MdProtocol.from_dict(parameters.get_dict(), len(structures))
     except ProtocolError as exc:
         return f'`parameters`: {exc}'
+    seed = inputs.get('seed')
+    if protocol.seeds is not None and seed is not None and seed.value != 0:
+        return (
+            f'`seed`: {seed.value} is given together with per-run `parameters.seeds`, which '
+            'replace it; give one or the other'
+        )
     unknown = sorted(set(structures.species) - set(model.species))
     if unknown:
         return (
@@ -201,12 +207,15 @@ class AseMdCalculation(CalcJob):
             validator=validate_parameters,
             help=(
                 'The MD protocol: temperatures (K) and pressures (bar), one per starting frame '
-                'or one for all; steps (production), thermalisation_steps, sample_interval, '
-                'timestep_fs (1); friction (1/fs, NVT Langevin, 0.01), ttime (fs, NPT '
+                'or one for all; relax_steps (FIRE steps before the MD, cell fixed, 0), '
+                'relax_fmax (eV/Angstrom, 0.1); steps (production), thermalisation_steps (never '
+                'sampled, no abort rule), sample_interval, timestep_fs (1); seeds and run_ids '
+                '(optional, one per starting frame: run i draws from seeds[i] alone and is '
+                'called run_ids[i]); friction (1/fs, NVT Langevin, 0.01), ttime (fs, NPT '
                 'thermostat, 100), ptime (fs, barostat, 1000); dispersion_d2 (false), d2_s6 '
-                '(0.75), d2_cutoff (Angstrom, 30); abort rules min_distance (Angstrom, 0.5), '
-                'max_force (eV/Angstrom, 50), max_temperature_factor (5, after the '
-                'thermalisation). See aiida_trainspot.exploration.md.MdProtocol.'
+                '(0.75), d2_cutoff (Angstrom, 30); abort rules, checked in production only, '
+                'min_distance (Angstrom, 0.5), max_force (eV/Angstrom, 50), '
+                'max_temperature_factor (5). See aiida_trainspot.exploration.md.MdProtocol.'
             ),
         )
         spec.input(
@@ -216,7 +225,8 @@ class AseMdCalculation(CalcJob):
             validator=validate_seed,
             help=(
                 'Seed of the initial velocities and the Langevin noise (run i draws from '
-                '(seed, i)): the same seed gives the same frames.'
+                '(seed, i)): the same seed gives the same frames. Per-run `parameters.seeds` '
+                'replace it (leave it at 0 then).'
             ),
         )
         spec.input(
@@ -236,7 +246,8 @@ class AseMdCalculation(CalcJob):
                 f'metadata columns {", ".join(METADATA_COLUMNS)}: temperature (target, K), '
                 f'pressure (target, {PRESSURE_UNIT}; missing for NVT runs), step (MD step from '
                 'the start, thermalisation included), time_fs, source_frame (index into '
-                f'`structures`), engine ({ENGINE!r}), run_id (str, "<prefix>-<source_frame>"), '
+                f'`structures`), engine ({ENGINE!r}), run_id (str: `parameters.run_ids`, else '
+                '"<prefix>-<source_frame>"), '
                 'ensemble ("npt" or "nvt").'
             ),
         )
@@ -246,7 +257,8 @@ class AseMdCalculation(CalcJob):
             help=(
                 'n_runs, n_sampled, n_aborted, n_skipped, n_steps, wall_time_s, the protocol '
                 'with its defaults, units, and per run (`runs`, in input order): run_id, '
-                'source_frame, ensemble, temperature, pressure, n_sampled, steps_done, skipped, '
+                'source_frame, ensemble, temperature, pressure, n_sampled, steps_done, '
+                'relax_steps_done, skipped, '
                 'skip_reason, aborted, abort_step, abort_rule, abort_value, abort_reason, '
                 'final_temperature (K), wall_time_s.'
             ),

@@ -40,6 +40,11 @@ structure's own cell vector for such an axis. A left-handed cell gives an improp
   ``D0 = 0`` only the D2 term is left). ``C6ij = sqrt(C6i C6j)`` and ``Rr = R0i + R0j`` from
   Grimme, J. Comput. Chem. 27, 1787 (2006), Table 1 (H-Xe), converted to eV Å^6.
 
+**One MD protocol with the ase engine** (:mod:`.md`): relaxation (FIRE, cell fixed), then a
+thermalisation that is neither sampled nor checked, then the production, sampled and checked
+after every step by the same abort rules (temperature, closest distance, largest force); see
+:func:`md_script`. Steps count from the start of the MD, thermalisation included, as in ASE.
+
 Units are LAMMPS ``metal``: Å, eV, ps (``timestep``), K, bar. See :func:`md_script` for the MD run.
 """
 
@@ -55,6 +60,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
+
+from .md import RELAX_MAX_STEP
 
 #: Files of the job folder.
 DATA_FILE = 'structure.data'
@@ -578,16 +585,25 @@ def md_script(
     barostat: str = 'aniso',
     timestep_fs: float = 1.0,
     sample_interval: int = 10,
+    thermalisation_steps: int = 0,
+    relax_steps: int = 0,
+    relax_fmax: float = 0.1,
     tdamp_fs: float | None = None,
     pdamp_fs: float | None = None,
     max_temperature: float | None = None,
     min_distance: float | None = None,
+    max_force: float | None = None,
     data_file_name: str = DATA_FILE,
     dump_file_name: str = DUMP_FILE,
     samples_file_name: str = SAMPLES_FILE,
 ) -> str:
-    """The LAMMPS input script of one MD run (units metal).
+    """The LAMMPS input script of one MD run (units metal), in the phases of the ase engine.
 
+    - relaxation (``relax_steps`` > 0): ``min_style fire`` with ``min_modify norm max dmax
+      0.1`` and ``minimize 0 relax_fmax relax_steps ...``, the cell fixed (no ``fix
+      box/relax``): at most ``relax_steps`` FIRE steps of at most :data:`RELAX_MAX_STEP` Å,
+      until the largest force on an atom is below ``relax_fmax`` eV/Å; then ``reset_timestep
+      0``. It takes the excess potential energy out of a cold or rattled start.
     - ``velocity all create T seed mom yes rot <no|yes> dist gaussian loop all``: velocities at
       ``temperature`` K from ``lammps_seed(seed)``, zero total momentum (and angular momentum
       when no axis is periodic); ``loop all`` makes them independent of the MPI decomposition.
@@ -595,13 +611,17 @@ def md_script(
       :func:`barostat_keywords`; ``pressure`` in bar), ``nvt`` (``fix nvt``), ``nve``. NPT with no
       periodic axis falls back to NVT. Damping: ``tdamp_fs`` (default 100 steps) and
       ``pdamp_fs`` (default 1000 steps).
-    - every ``sample_interval`` steps (step 0 included): ``dump`` of ``id type element x y z``
-      sorted by id (full precision) and ``fix print`` of ``step temp press pe`` to the samples
-      file; ``thermo`` at the same interval.
-    - aborts, checked every ``sample_interval`` steps with ``fix halt ... error soft`` (the run
-      stops, the files stay): temperature above ``max_temperature`` K (``fix halt_temperature``),
+    - thermalisation (``thermalisation_steps`` > 0): ``run`` with nothing dumped and no abort
+      rule, then ``reset_timestep 0``: the production counts its steps from 0 (the frames get
+      ``thermalisation_steps`` added back in :func:`trajectory_records`).
+    - production, ``run steps``: every ``sample_interval`` steps (step 0 included): ``dump`` of
+      ``id type element x y z`` sorted by id (full precision) and ``fix print`` of ``step temp
+      press pe`` to the samples file; ``thermo`` at the same interval. Abort rules, checked after
+      every step with ``fix halt 1 ... error soft`` (the run stops, the files stay) as the ase
+      engine checks them: temperature above ``max_temperature`` K (``fix halt_temperature``),
       shortest interatomic distance within the pair cutoff below ``min_distance`` Å (``compute
-      pair/local dist`` reduced by ``min``; ``fix halt_distance``).
+      pair/local dist`` reduced by ``min``; ``fix halt_distance``), largest force on an atom above
+      ``max_force`` eV/Å (``fix halt_force``).
     """
     species = list(species)
     pbc = [bool(p) for p in pbc]
@@ -611,8 +631,10 @@ def md_script(
         ensemble = 'nvt'
     if int(steps) < 1 or int(sample_interval) < 1:
         raise LammpsInputError('steps and sample_interval must be positive')
-    if not temperature > 0 or not timestep_fs > 0:
-        raise LammpsInputError('temperature and timestep_fs must be positive')
+    if int(thermalisation_steps) < 0 or int(relax_steps) < 0:
+        raise LammpsInputError('thermalisation_steps and relax_steps must not be negative')
+    if not temperature > 0 or not timestep_fs > 0 or not relax_fmax > 0:
+        raise LammpsInputError('temperature, timestep_fs and relax_fmax must be positive')
     f = _number
     dt = timestep_fs / 1000.0  # ps
     tdamp = (tdamp_fs if tdamp_fs is not None else 100.0 * timestep_fs) / 1000.0
@@ -634,6 +656,9 @@ def md_script(
         'neighbor 2.0 bin',
         neigh_modify(potential),
         f'timestep {f(dt)}',
+        'thermo_style custom step time temp press pe ke etotal vol',
+        f'thermo {every}',
+        *_relaxation_lines(int(relax_steps), relax_fmax),
         f'velocity all create {f(temperature)} {lammps_seed(seed)} mom yes '
         f'rot {"no" if any(pbc) else "yes"} dist gaussian loop all',
     ]
@@ -646,8 +671,16 @@ def md_script(
         lines.append(f'fix md all nvt temp {f(temperature)} {f(temperature)} {f(tdamp)}')
     else:
         lines.append('fix md all nve')
+    if int(thermalisation_steps) > 0:
+        lines += [
+            '',
+            '# thermalisation: nothing sampled, no abort rule',
+            f'run {int(thermalisation_steps)}',
+            'reset_timestep 0',
+        ]
     lines += [
         '',
+        '# production: sampled, abort rules after every step',
         'variable sample_step equal step',
         'variable sample_temp equal temp',
         'variable sample_press equal press',
@@ -655,26 +688,62 @@ def md_script(
         f'fix samples all print {every} '
         '"${sample_step} ${sample_temp} ${sample_press} ${sample_pe}" '
         f'file {samples_file_name} screen no title "# step temp press pe"',
-        'thermo_style custom step time temp press pe ke etotal vol',
-        f'thermo {every}',
         f'dump trajectory all custom {every} {dump_file_name} id type element x y z',
         f'dump_modify trajectory sort id element {names} format float %.16g',
+        *_halt_lines(max_temperature, min_distance, max_force),
+        '',
+        f'run {int(steps)}',
+        '',
     ]
+    return '\n'.join(lines)
+
+
+def _relaxation_lines(relax_steps: int, relax_fmax: float) -> list[str]:
+    """FIRE on the positions (cell fixed), as :func:`aiida_trainspot.exploration.md.relax` does.
+
+    ``min_modify norm max``: the force criterion is the largest force on an atom (LAMMPS'
+    default is the norm of all forces together). Every FIRE iteration takes one force
+    evaluation; the evaluation cap is loose so that the iterations bind.
+    """
+    if relax_steps == 0:
+        return []
+    return [
+        '',
+        f'# relaxation: FIRE, cell fixed, at most {relax_steps} steps',
+        'min_style fire',
+        f'min_modify norm max dmax {_number(RELAX_MAX_STEP)}',
+        f'minimize 0 {_number(relax_fmax)} {relax_steps} {10 * relax_steps}',
+        'reset_timestep 0',
+        '',
+    ]
+
+
+def _halt_lines(
+    max_temperature: float | None, min_distance: float | None, max_force: float | None
+) -> list[str]:
+    """``fix halt`` checks after every production step (``error soft``: the files stay)."""
+    f = _number
+    lines = []
     if max_temperature is not None:
         lines += [
             'variable halt_temperature equal temp',
-            f'fix halt_temperature all halt {every} v_halt_temperature > {f(max_temperature)} '
-            'error soft',
+            f'fix halt_temperature all halt 1 v_halt_temperature > {f(max_temperature)} error soft',
         ]
     if min_distance is not None:
         lines += [
             'compute pair_distances all pair/local dist',
             'compute min_distance all reduce min c_pair_distances',
             'variable halt_distance equal c_min_distance',
-            f'fix halt_distance all halt {every} v_halt_distance < {f(min_distance)} error soft',
+            f'fix halt_distance all halt 1 v_halt_distance < {f(min_distance)} error soft',
         ]
-    lines += ['', f'run {int(steps)}', '']
-    return '\n'.join(lines)
+    if max_force is not None:
+        lines += [
+            'variable force_norm atom sqrt(fx*fx+fy*fy+fz*fz)',
+            'compute max_force all reduce max v_force_norm',
+            'variable halt_force equal c_max_force',
+            f'fix halt_force all halt 1 v_halt_force > {f(max_force)} error soft',
+        ]
+    return lines
 
 
 # --------------------------------------------------------------------------- outputs
@@ -781,7 +850,11 @@ def parse_halt(log: str) -> dict[str, Any] | None:
     if match is None:
         return None
     fix = match.group(1)
-    reason = {'halt_temperature': 'max_temperature', 'halt_distance': 'min_distance'}.get(fix, fix)
+    reason = {
+        'halt_temperature': 'max_temperature',
+        'halt_distance': 'min_distance',
+        'halt_force': 'max_force',
+    }.get(fix, fix)
     return {
         'fix': fix,
         'reason': reason,
@@ -808,10 +881,14 @@ MD_KEYS = frozenset(
         'barostat',
         'timestep_fs',
         'sample_interval',
+        'thermalisation_steps',
+        'relax_steps',
+        'relax_fmax',
         'tdamp_fs',
         'pdamp_fs',
         'max_temperature',
         'min_distance',
+        'max_force',
     }
 )
 
@@ -866,6 +943,7 @@ def prepare_run(
         'pressure': float(md.get('pressure', 0.0)) if ensemble == 'npt' else None,
         'timestep_fs': float(md.get('timestep_fs', 1.0)),
         'sample_interval': int(md.get('sample_interval', 10)),
+        'thermalisation_steps': int(md.get('thermalisation_steps', 0)),
         'steps': int(md['steps']),
         'include_initial': bool(include_initial),
     }
@@ -877,17 +955,22 @@ def trajectory_records(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Frame dictionaries (for ``PESData.from_frames``) and a summary of one finished run.
 
-    Each frame is checked to hold the structure's atoms, element by element in id order.
-    Dropped: the step-0 frame (the starting structure) unless ``include_initial``, and, when a
-    ``fix halt`` stopped the run, the frame of that step. Metadata per frame: ``engine``
-    ('lammps'), ``run_id``, ``source_frame``, ``ensemble``, target ``temperature`` (K) and
-    ``pressure`` (bar, NPT only), ``step``, ``time_fs``, and the instantaneous
-    ``md_temperature`` (K) and ``md_pressure`` (bar) of that step.
+    Each frame is checked to hold the structure's atoms, element by element in id order. The
+    dump and the log count production steps from 0 (:func:`md_script` resets the step after the
+    thermalisation); frames, ``last_step`` and the ``halt`` step get the
+    ``thermalisation_steps`` added back, so steps count from the start of the MD as in the ase
+    engine, and ``steps`` is thermalisation plus production. Dropped: the frame at the start of
+    the production (the starting structure when nothing comes before) unless
+    ``include_initial``, and, when a ``fix halt`` stopped the run, the frame of that step.
+    Metadata per frame: ``engine`` ('lammps'), ``run_id``, ``source_frame``, ``ensemble``,
+    target ``temperature`` (K) and ``pressure`` (bar, NPT only), ``step``, ``time_fs``, and the
+    instantaneous ``md_temperature`` (K) and ``md_pressure`` (bar) of that step.
     """
     box = conversion['box']
     box = LammpsBox.from_dict(json.loads(box) if isinstance(box, str) else box)
     species = list(conversion['species'])
     expected = np.asarray(conversion['numbers'], dtype=np.int64)
+    offset = int(conversion.get('thermalisation_steps', 0))
     frames = parse_dump(dump, box, species)
     values = parse_samples(samples)
     halt = parse_halt(log)
@@ -902,37 +985,45 @@ def trajectory_records(
             continue
         if halt is not None and frame.step >= halt['step']:
             continue
-        info: dict[str, Any] = {
-            'engine': conversion.get('engine', 'lammps'),
-            'run_id': conversion['run_id'],
-            'source_frame': int(conversion['source_frame']),
-            'ensemble': conversion['ensemble'],
-            'temperature': float(conversion['temperature']),
-            'step': int(frame.step),
-            'time_fs': float(frame.step * conversion['timestep_fs']),
-        }
-        if conversion.get('pressure') is not None:
-            info['pressure'] = float(conversion['pressure'])
-        sample = values.get(frame.step)
-        if sample is not None:
-            info['md_temperature'] = sample['temperature']
-            info['md_pressure'] = sample['pressure']
-        records.append(
-            {
-                'numbers': frame.numbers,
-                'positions': frame.positions,
-                'cell': frame.cell,
-                'pbc': np.array(frame.pbc),
-                'info': info,
-            }
-        )
+        records.append(_record(frame, offset, conversion, values.get(frame.step)))
+    if halt is not None:
+        halt = {**halt, 'step': halt['step'] + offset}
     summary = {
         'run_id': conversion['run_id'],
         'source_frame': int(conversion['source_frame']),
         'n_frames': len(records),
-        'last_step': int(frames[-1].step) if frames else None,
-        'steps': int(conversion['steps']),
+        'last_step': offset + int(frames[-1].step) if frames else None,
+        'thermalisation_steps': offset,
+        'steps': offset + int(conversion['steps']),
         'halted': halt is not None,
         'halt': halt,
     }
     return records, summary
+
+
+def _record(
+    frame: DumpFrame, offset: int, conversion: Mapping[str, Any], sample: dict[str, float] | None
+) -> dict[str, Any]:
+    """One frame for ``PESData.from_frames``, its step counted from the start of the MD."""
+    step = offset + int(frame.step)
+    info: dict[str, Any] = {
+        'engine': conversion.get('engine', 'lammps'),
+        'run_id': conversion['run_id'],
+        'source_frame': int(conversion['source_frame']),
+        'ensemble': conversion['ensemble'],
+        'temperature': float(conversion['temperature']),
+        'step': step,
+        'time_fs': float(step * conversion['timestep_fs']),
+    }
+    if conversion.get('pressure') is not None:
+        info['pressure'] = float(conversion['pressure'])
+    if sample is not None:
+        info['md_temperature'] = sample['temperature']
+        info['md_pressure'] = sample['pressure']
+    return {
+        'numbers': frame.numbers,
+        'positions': frame.positions,
+        'cell': frame.cell,
+        'pbc': np.array(frame.pbc),
+        'info': info,
+    }

@@ -6,11 +6,21 @@ No AiiDA here: the CalcJob (:mod:`.ase_calculation`) validates the protocol with
 
 Protocol (:class:`MdProtocol`, the ``parameters`` of the job)
     ``temperatures`` (K) and ``pressures`` (bar) are the targets, one per starting frame (or one
-    number for all); ``thermalisation_steps`` steps are run first and never sampled, then
+    number for all). A run has three phases: a relaxation of at most ``relax_steps`` FIRE steps
+    (:func:`relax`), then ``thermalisation_steps`` MD steps that are never sampled, then
     ``steps`` production steps of ``timestep_fs`` fs, sampling a frame every ``sample_interval``
-    steps (the first at production step ``sample_interval``; the starting frame is never
-    sampled). Coupling constants: ``friction`` (1/fs, Langevin, NVT), ``ttime`` (fs,
-    Nosé-Hoover chain thermostat, NPT) and ``ptime`` (fs, barostat, NPT).
+    steps (the first at production step ``sample_interval``; neither the starting nor the relaxed
+    frame is ever sampled). Coupling constants: ``friction`` (1/fs, Langevin, NVT), ``ttime``
+    (fs, Nosé-Hoover chain thermostat, NPT) and ``ptime`` (fs, barostat, NPT).
+
+Relaxation (:func:`relax`)
+    Before the MD, the positions (cell fixed) are relaxed with FIRE, at most
+    :data:`RELAX_MAX_STEP` Å per atom and step, for at most ``relax_steps`` steps or until the
+    largest force on an atom is below ``relax_fmax`` (eV/Å). It takes the excess potential
+    energy out of a cold or heavily rattled start, which the MD would otherwise turn into heat
+    far beyond the target. The ``lammps`` engine does the same (``min_style fire``,
+    :mod:`.lammps_input`). ``relax_steps`` 0 (the default of a job; the exploration stage sets
+    it) skips it.
 
 Ensembles and integrators (:func:`ensemble_of`, :func:`make_integrator`)
     A frame periodic along at least one axis runs NPT with the Martyna-Tobias-Klein integrator of
@@ -26,16 +36,24 @@ Ensembles and integrators (:func:`ensemble_of`, :func:`make_integrator`)
     (``fixcm=False``: the centre of mass is thermalised too); its cell never changes.
 
 Reproducibility
-    Each run draws from its own :class:`numpy.random.Generator` seeded with ``(seed, index)``
-    (:func:`run_rng`): the initial Maxwell-Boltzmann momenta (total momentum removed) and the
-    Langevin noise. The NPT integrator is deterministic. Same seed, model and frames: the same
-    sampled frames.
+    Each run draws from its own :class:`numpy.random.Generator` (:func:`run_rng`): seeded with
+    ``seeds[i]`` alone when the protocol lists one seed per starting frame (the exploration stage
+    does, so a run's frames do not depend on how runs are grouped into jobs), else with the job's
+    ``(seed, i)``. It draws the initial Maxwell-Boltzmann momenta (total momentum removed) and the
+    Langevin noise; the relaxation and the NPT integrator are deterministic. Same seeds, model and
+    frames: the same sampled frames. Run ``i`` is called ``run_ids[i]`` when the protocol lists
+    them, else ``<prefix>-<i>``.
 
-Abort rules (:class:`MinDistance`, :class:`FiniteResults`, :class:`MaxForce`,
-:class:`TemperatureRunaway`)
-    Checked at the starting frame and after every step; the first that fires stops the run,
+Abort rules (:class:`MinDistance`, :class:`MaxForce`, :class:`TemperatureRunaway`,
+:class:`FiniteResults`)
+    The three physical rules (closest distance, largest force, temperature above
+    ``max_temperature_factor`` times the target) are checked after every production step, never
+    during the relaxation or the thermalisation: a hot start has the thermalisation to settle.
+    Non-finite energies or forces (:class:`FiniteResults`) stop a run at any step, the relaxed
+    frame included, as nothing can recover from them. The first rule that fires stops the run,
     which keeps the frames sampled before (:class:`Abort`: step, rule, value, reason). An
-    exception of the calculator or integrator stops the run the same way (rule ``error``).
+    exception of the calculator, optimiser or integrator stops the run the same way (rule
+    ``error``).
 
 Dispersion (:class:`D2Dispersion`)
     Grimme's D2 (J. Comput. Chem. 27, 1787 (2006)) as an ASE calculator, summed with the model's
@@ -63,6 +81,7 @@ from ase.md.langevin import Langevin
 from ase.md.nose_hoover_chain import MTKNPT, MaskedMTKNPT
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.neighborlist import neighbor_list
+from ase.optimize import FIRE
 
 from aiida_trainspot.data.columns import Columns
 from aiida_trainspot.data.validation import MIN_DISTANCE
@@ -84,6 +103,7 @@ __all__ = (
     'ensemble_of',
     'explore',
     'make_integrator',
+    'relax',
     'run_rng',
     'run_trajectory',
     'with_dispersion',
@@ -103,6 +123,7 @@ UNITS = {
     'ptime': 'fs',
     'min_distance': 'Angstrom',
     'max_force': 'eV/Angstrom',
+    'relax_fmax': 'eV/Angstrom',
     'd2_cutoff': 'Angstrom',
     'wall_time_s': 's',
 }
@@ -119,6 +140,9 @@ METADATA_COLUMNS = (
 )
 _MAX_TIMESTEP_FS = 10.0
 _MAX_D2_CUTOFF = 100.0
+_MAX_SEED = 2**63 - 1
+#: Largest displacement of an atom in one FIRE step of the relaxation (Å); LAMMPS' ``dmax``.
+RELAX_MAX_STEP = 0.1
 
 
 class ProtocolError(ValueError):
@@ -139,8 +163,12 @@ class MdProtocol:
     #: Target pressure (bar) per starting frame, or one for all; ignored by NVT runs.
     pressures: tuple[float, ...] = (0.0,)
     timestep_fs: float = 1.0
-    #: Steps run before the production, never sampled, with no temperature abort.
+    #: MD steps run before the production: never sampled, no abort rule but non-finite results.
     thermalisation_steps: int = 0
+    #: FIRE steps of the relaxation before the MD (cell fixed; 0: no relaxation).
+    relax_steps: int = 0
+    #: The relaxation stops once the largest force on an atom is below this (eV/Å).
+    relax_fmax: float = 0.1
     #: Production steps between two sampled frames.
     sample_interval: int = 10
     #: Langevin friction of NVT runs (1/fs).
@@ -159,8 +187,13 @@ class MdProtocol:
     min_distance: float = 0.5
     #: Abort when a force on an atom exceeds this (eV/Å).
     max_force: float = 50.0
-    #: Abort after the thermalisation when the temperature exceeds this factor times the target.
+    #: Abort in production when the temperature exceeds this factor times the target.
     max_temperature_factor: float = 5.0
+    #: One seed per starting frame: run i draws from ``seeds[i]`` alone (``None``: from the
+    #: job's ``(seed, i)``), so that a run does not depend on the other runs of its job.
+    seeds: tuple[int, ...] | None = None
+    #: One run id per starting frame (``None``: ``<prefix>-<i>``).
+    run_ids: tuple[str, ...] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], n_frames: int | None = None) -> MdProtocol:
@@ -183,7 +216,7 @@ class MdProtocol:
         if 'pressures' in data:
             values['pressures'] = _targets(data, 'pressures', positive=False)
         values['steps'] = _integer(data, 'steps', minimum=1)
-        for key in ('thermalisation_steps',):
+        for key in ('thermalisation_steps', 'relax_steps'):
             if key in data:
                 values[key] = _integer(data, key, minimum=0)
         if 'sample_interval' in data:
@@ -196,6 +229,7 @@ class MdProtocol:
             'd2_s6',
             'd2_cutoff',
             'max_force',
+            'relax_fmax',
         ):
             if key in data:
                 values[key] = _real(data, key, above=0.0)
@@ -209,6 +243,10 @@ class MdProtocol:
                     f"'dispersion_d2' must be true or false, got {data['dispersion_d2']!r}"
                 )
             values['dispersion_d2'] = bool(data['dispersion_d2'])
+        if data.get('seeds') is not None:
+            values['seeds'] = _seeds(data['seeds'])
+        if data.get('run_ids') is not None:
+            values['run_ids'] = _run_ids(data['run_ids'])
         protocol = cls(**values)
         if protocol.timestep_fs > _MAX_TIMESTEP_FS:
             raise ProtocolError(
@@ -229,7 +267,7 @@ class MdProtocol:
         return protocol
 
     def check_frames(self, n_frames: int) -> None:
-        """Raise :class:`ProtocolError` unless the targets fit ``n_frames`` starting frames."""
+        """Raise :class:`ProtocolError` unless the per-frame lists fit ``n_frames`` frames."""
         for key in ('temperatures', 'pressures'):
             length = len(getattr(self, key))
             if length not in (1, n_frames):
@@ -237,6 +275,21 @@ class MdProtocol:
                     f"'{key}' has {length} values for {n_frames} starting frames: give one per "
                     'starting frame, or one number for all'
                 )
+        for key in ('seeds', 'run_ids'):
+            values = getattr(self, key)
+            if values is not None and len(values) != n_frames:
+                raise ProtocolError(
+                    f"'{key}' has {len(values)} values for {n_frames} starting frames: give one "
+                    'per starting frame'
+                )
+
+    def run_seed(self, index: int) -> int | None:
+        """The own seed of the run of starting frame ``index`` (``None``: none listed)."""
+        return None if self.seeds is None else self.seeds[index]
+
+    def run_id(self, index: int, prefix: str) -> str:
+        """The id of the run of starting frame ``index``: listed, else ``<prefix>-<index>``."""
+        return f'{prefix}-{index}' if self.run_ids is None else self.run_ids[index]
 
     def target(self, index: int) -> tuple[float, float]:
         """(temperature in K, pressure in bar) of starting frame ``index``."""
@@ -256,10 +309,15 @@ class MdProtocol:
         return production > 0 and production % self.sample_interval == 0
 
     def to_dict(self) -> dict[str, Any]:
-        """Every entry (defaults included), JSON-serialisable; ``from_dict`` inverts it."""
+        """Every entry (defaults included; per-run lists only when set), JSON-serialisable.
+
+        ``from_dict`` inverts it.
+        """
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None:
+                continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -279,6 +337,31 @@ def _targets(data: Mapping[str, Any], key: str, positive: bool) -> tuple[float, 
             raise ProtocolError(f'{key!r} holds {item!r}; every value must be {need}')
         out.append(number)
     return tuple(out)
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+    if not items:
+        raise ProtocolError(f"'seeds' must be a non-empty list of integers, got {value!r}")
+    for item in items:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
+            raise ProtocolError(f"'seeds' holds {item!r}, not an integer")
+        if not 0 <= item <= _MAX_SEED:
+            raise ProtocolError(f"'seeds' holds {item}; every seed must be in [0, {_MAX_SEED}]")
+    return tuple(int(item) for item in items)
+
+
+def _run_ids(value: Any) -> tuple[str, ...]:
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if not items:
+        raise ProtocolError(f"'run_ids' must be a non-empty list of strings, got {value!r}")
+    bad = [item for item in items if not isinstance(item, str) or not item]
+    if bad:
+        raise ProtocolError(f"'run_ids' holds {bad[0]!r}, not a non-empty string")
+    if len(set(items)) != len(items):
+        twice = sorted({item for item in items if items.count(item) > 1})
+        raise ProtocolError(f"'run_ids' are not distinct: {twice} appear more than once")
+    return tuple(items)
 
 
 def _integer(data: Mapping[str, Any], key: str, minimum: int) -> int:
@@ -349,9 +432,29 @@ def cell_problem(cell: Any, pbc: Sequence[bool], n_atoms: int | None = None) -> 
     return None
 
 
-def run_rng(seed: int, index: int) -> np.random.Generator:
-    """The random generator of run ``index`` of a job with ``seed``."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+def run_rng(seed: int, index: int | None = None) -> np.random.Generator:
+    """The random generator of run ``index`` of a job with ``seed``, or of a run's own ``seed``.
+
+    ``index=None``: ``seed`` is the run's own (``MdProtocol.seeds``), so the run draws the same
+    numbers whichever job runs it and at whichever position.
+    """
+    entropy = int(seed) if index is None else [int(seed), int(index)]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def relax(atoms: Atoms, protocol: MdProtocol) -> int:
+    """Relax the positions of ``atoms`` (cell fixed) with FIRE; return the steps taken.
+
+    At most ``protocol.relax_steps`` steps of at most :data:`RELAX_MAX_STEP` Å per atom, until
+    the largest force is below ``protocol.relax_fmax``: a cold or heavily rattled start then
+    begins its MD near a local minimum instead of heating far beyond the target. ``atoms`` must
+    have its calculator. Deterministic (no random numbers).
+    """
+    if protocol.relax_steps == 0:
+        return 0
+    optimizer = FIRE(atoms, logfile=None, maxstep=RELAX_MAX_STEP)
+    optimizer.run(fmax=protocol.relax_fmax, steps=protocol.relax_steps)
+    return int(optimizer.nsteps)
 
 
 class _FixedVacuumMTKNPT(MaskedMTKNPT):
@@ -432,14 +535,17 @@ class Abort:
 
 @dataclass(frozen=True)
 class MinDistance:
-    """Abort when two atoms (periodic images included) are closer than ``floor`` (Å)."""
+    """Abort in production when two atoms (periodic images included) are closer than ``floor``.
+
+    ``floor`` in Å.
+    """
 
     floor: float
     name: str = field(default='min_distance', init=False)
 
     def check(self, atoms: Atoms, step: int, production: bool) -> Abort | None:
-        """An :class:`Abort` when the rule fires, else ``None``."""
-        if len(atoms) < 2:
+        """An :class:`Abort` when the rule fires, else ``None`` (always outside production)."""
+        if not production or len(atoms) < 2:
             return None
         distances = neighbor_list('d', atoms, self.floor)
         if distances.size == 0:
@@ -456,12 +562,12 @@ class MinDistance:
 
 @dataclass(frozen=True)
 class FiniteResults:
-    """Abort when the energy or a force is not finite."""
+    """Abort at any step (thermalisation too) when the energy or a force is not finite."""
 
     name: str = field(default='non_finite', init=False)
 
     def check(self, atoms: Atoms, step: int, production: bool) -> Abort | None:
-        """An :class:`Abort` when the rule fires, else ``None``."""
+        """An :class:`Abort` when the rule fires, else ``None``: nothing recovers from a NaN."""
         energy = float(np.asarray(atoms.get_potential_energy()).reshape(()))
         if not math.isfinite(energy):
             return Abort(step, self.name, energy, f'the energy is not finite ({energy})')
@@ -472,13 +578,15 @@ class FiniteResults:
 
 @dataclass(frozen=True)
 class MaxForce:
-    """Abort when the force on an atom exceeds ``bound`` (eV/Å)."""
+    """Abort in production when the force on an atom exceeds ``bound`` (eV/Å)."""
 
     bound: float
     name: str = field(default='max_force', init=False)
 
     def check(self, atoms: Atoms, step: int, production: bool) -> Abort | None:
-        """An :class:`Abort` when the rule fires, else ``None``."""
+        """An :class:`Abort` when the rule fires, else ``None`` (always outside production)."""
+        if not production:
+            return None
         forces = np.asarray(atoms.get_forces())
         value = float(np.linalg.norm(forces, axis=1).max()) if len(forces) else 0.0
         if value <= self.bound:
@@ -500,7 +608,7 @@ class TemperatureRunaway:
     name: str = field(default='max_temperature', init=False)
 
     def check(self, atoms: Atoms, step: int, production: bool) -> Abort | None:
-        """An :class:`Abort` when the rule fires, else ``None``."""
+        """An :class:`Abort` when the rule fires, else ``None`` (always outside production)."""
         if not production:
             return None
         value = float(atoms.get_temperature())
@@ -517,7 +625,11 @@ class TemperatureRunaway:
 
 
 def abort_rules(protocol: MdProtocol, temperature: float) -> list[Any]:
-    """The rules of a run at target ``temperature`` (K), cheapest first."""
+    """The rules of a run at target ``temperature`` (K), cheapest first.
+
+    Each rule knows when it applies: :class:`FiniteResults` at every step, the others in
+    production only.
+    """
     return [
         MinDistance(protocol.min_distance),
         FiniteResults(),
@@ -701,6 +813,7 @@ class RunResult:
     positions: list[np.ndarray] = field(default_factory=list)
     cells: list[np.ndarray] = field(default_factory=list)
     steps_done: int = 0
+    relax_steps_done: int = 0
     abort: Abort | None = None
     skip_reason: str | None = None
     final_temperature: float | None = None
@@ -721,6 +834,7 @@ class RunResult:
             'pressure': self.pressure,
             'n_sampled': self.n_sampled,
             'steps_done': self.steps_done,
+            'relax_steps_done': self.relax_steps_done,
             'skipped': self.skip_reason is not None,
             'skip_reason': self.skip_reason,
             'aborted': self.abort is not None,
@@ -757,9 +871,15 @@ def run_trajectory(
     *,
     index: int = 0,
     seed: int = 0,
+    run_seed: int | None = None,
     run_id: str = '',
 ) -> RunResult:
-    """Run the MD of one starting frame (``atoms`` is not modified); sample and apply the rules."""
+    """Run the MD of one starting frame (``atoms`` is not modified); sample and apply the rules.
+
+    ``index``: the frame's index into the protocol's targets. Random numbers come from
+    ``run_seed`` alone when given, else from ``(seed, index)`` (:func:`run_rng`). The phases
+    (relaxation, thermalisation, production) and rules are the module docstring's.
+    """
     temperature, pressure = protocol.target(index)
     ensemble = ensemble_of(atoms.pbc)
     result = RunResult(
@@ -777,16 +897,17 @@ def run_trajectory(
         return result
     start = time.perf_counter()
     atoms = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    rng = run_rng(seed, index)
+    rng = run_rng(seed, index) if run_seed is None else run_rng(run_seed)
     rules = abort_rules(protocol, temperature)
     step = 0
     try:
         if hasattr(calculator, 'reset'):
             calculator.reset()
         atoms.calc = calculator
+        result.relax_steps_done = relax(atoms, protocol)
         thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
         Stationary(atoms)
-        result.abort = _first_abort(rules, atoms, 0, False)
+        result.abort = _first_abort(rules, atoms, 0, False)  # non-finite results only
         if result.abort is None:
             dynamics = make_integrator(atoms, ensemble, temperature, pressure, protocol, rng)
             for step in range(1, protocol.total_steps + 1):
@@ -824,8 +945,10 @@ def explore(
     """Run one trajectory per starting frame; return the sampled frames and the run summaries.
 
     ``calculator`` is the model's (D2 is added here when the protocol asks for it). Run ``i``
-    is ``f'{run_id_prefix}-{i}'``. The frames come as :class:`Columns` (structure and the
-    :data:`METADATA_COLUMNS`, no labels), runs in input order, steps in order within a run.
+    is ``protocol.run_ids[i]``, else ``f'{run_id_prefix}-{i}'``; it draws from
+    ``protocol.seeds[i]``, else from ``(seed, i)``. The frames come as :class:`Columns`
+    (structure and the :data:`METADATA_COLUMNS`, no labels), runs in input order, steps in order
+    within a run.
     """
     protocol.check_frames(len(frames))
     calculator = with_dispersion(calculator, protocol)
@@ -842,7 +965,8 @@ def explore(
                 protocol,
                 index=index,
                 seed=seed,
-                run_id=f'{run_id_prefix}-{index}',
+                run_seed=protocol.run_seed(index),
+                run_id=protocol.run_id(index, run_id_prefix),
             )
         results.append(result)
         if progress is not None:

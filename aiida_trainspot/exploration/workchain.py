@@ -2,10 +2,10 @@
 
 Engines: ``ase`` (``trainspot.ase.md``: ASE MD with the model's calculator, runs
 anywhere PyTorch runs) and ``lammps`` (upstream aiida-lammps ``lammps.raw`` with a
-classical potential, or a MACE/metatomic model on a LAMMPS built with it). The
-plan (member, starting frames, temperatures and pressures) is drawn with the seed;
-at most ``max_concurrent`` jobs are in flight; a failed run is reported in the
-summary, never dropped in silence.
+classical potential, or the drawn member's own LAMMPS export, MACE or metatomic, on a
+LAMMPS built with that pair style). The plan (member, starting frames, temperatures
+and pressures) is drawn with the seed; at most ``max_concurrent`` jobs are in
+flight; a failed run is reported in the summary, never dropped in silence.
 """
 
 from __future__ import annotations
@@ -22,8 +22,16 @@ from aiida_trainspot.data.operations import subset_dataset
 from aiida_trainspot.training.model import PotentialModel
 from aiida_trainspot.workflows import throttle
 
-from .ase_calculation import AseMdCalculation
-from .lammps_engine import classical_potential, collect_frames, md_inputs, model_potential
+from .ase_calculation import AseMdCalculation, run_id_prefix
+from .lammps_engine import (
+    classical_potential,
+    collect_frames,
+    export_lammps_model,
+    export_problem,
+    md_inputs,
+    model_potential,
+    needs_export,
+)
 from .plan import (
     DEFAULT_PROTOCOL,
     ase_parameters,
@@ -73,6 +81,17 @@ def _natural(key: str) -> tuple:
     return (prefix, int(number) if number.isdigit() else number)
 
 
+def _lammps_export_problem(inputs: dict[str, Any]) -> str | None:
+    """A model that cannot run in LAMMPS (its export failed at training), named by its port."""
+    models = {'model': inputs['model']} if 'model' in inputs else {}
+    models.update({f'models.{k}': v for k, v in (inputs.get('models') or {}).items()})
+    for port, model in sorted(models.items()):
+        problem = export_problem(model)
+        if problem:
+            return f'{port}: {problem}'
+    return None
+
+
 def _validate_inputs(inputs: dict[str, Any], ctx: Any) -> str | None:
     engine = inputs['engine'].value
     if engine not in ENGINES:
@@ -90,6 +109,10 @@ def _validate_inputs(inputs: dict[str, Any], ctx: Any) -> str | None:
         return (
             'lammps.pair_style: give a classical pair style (with lammps.parameter_file) or a model'
         )
+    if engine == 'lammps':
+        message = _lammps_export_problem(inputs)
+        if message:
+            return message
     structures = inputs.get('structures')
     if structures is not None and not (structures.n_atoms_per_frame() > 1).any():
         return 'structures: every frame is a single atom; nothing to explore'
@@ -146,15 +169,14 @@ class ExplorationWorkChain(WorkChain):
         spec.input(
             'options', valid_type=orm.Dict, required=False, help='metadata.options of each job.'
         )
-        spec.input_namespace('lammps', required=False, help='Potential of the lammps engine.')
+        spec.input_namespace(
+            'lammps',
+            required=False,
+            help='Classical potential of the lammps engine (without a model). A model runs as '
+            'its own LAMMPS export, stored with it by the training.',
+        )
         spec.input('lammps.pair_style', valid_type=orm.Str, required=False, help='e.g. tersoff.')
         spec.input('lammps.parameter_file', valid_type=orm.SinglefileData, required=False)
-        spec.input(
-            'lammps.lammps_model',
-            valid_type=orm.SinglefileData,
-            required=False,
-            help='The MACE model converted for LAMMPS (the file ending in -lammps.pt).',
-        )
         spec.inputs.validator = _validate_inputs
         spec.outline(
             cls.setup,
@@ -192,6 +214,7 @@ class ExplorationWorkChain(WorkChain):
             'temperatures': list(plan.temperatures),
             'pressures_kbar': list(plan.pressures_kbar),
         }
+        # one seed per run, from the stage seed and the run index alone (both engines)
         self.ctx.seeds = run_seeds(self.inputs.seed.value, len(plan.frames))
 
     def is_ase(self) -> bool:
@@ -199,10 +222,26 @@ class ExplorationWorkChain(WorkChain):
         return self.inputs.engine.value == 'ase'
 
     def prepare_ase(self) -> None:
-        """Split the runs into at most ``max_concurrent`` jobs (each runs its frames in turn)."""
+        """Split the runs into at most ``max_concurrent`` jobs of consecutive runs.
+
+        Each job runs its frames in turn; every run carries its own seed and id (``_submit_ase``),
+        and consecutive runs per job keep the joined trajectory in run order: neither the frames
+        nor their order depend on ``max_concurrent``. Run ids are ``<prefix>-<run>``, the prefix
+        a digest of the member, the pool, the protocol and the seed (the same inputs give the same
+        ids).
+        """
         n_runs = len(self.ctx.plan['frames'])
         n_jobs = min(self.inputs.max_concurrent.value, n_runs)
-        self.ctx.jobs = {str(j): list(range(j, n_runs, n_jobs)) for j in range(n_jobs)}
+        chunks = np.array_split(np.arange(n_runs), n_jobs)
+        self.ctx.jobs = {str(j): [int(r) for r in chunk] for j, chunk in enumerate(chunks)}
+        self.ctx.run_id_prefix = run_id_prefix(
+            {
+                'model': self.ctx.model,
+                'structures': self.inputs.structures,
+                'protocol': self.inputs.protocol.get_dict(),
+                'seed': self.inputs.seed.value,
+            }
+        )
         throttle.init_queue(self.ctx, list(self.ctx.jobs))
 
     def prepare_lammps(self) -> None:
@@ -227,13 +266,14 @@ class ExplorationWorkChain(WorkChain):
             self.inputs.protocol.get_dict(),
             [plan['temperatures'][r] for r in runs],
             [plan['pressures_kbar'][r] for r in runs],
+            seeds=[self.ctx.seeds[r] for r in runs],
+            run_ids=[f'{self.ctx.run_id_prefix}-{r}' for r in runs],
         )
         inputs = {
             'code': self.inputs.code,
             'model': self.ctx.model,
             'structures': frames,
             'parameters': orm.Dict(parameters),
-            'seed': orm.Int(self.ctx.seeds[runs[0]]),
             'device': self.inputs.device,
             'metadata': {'call_link_label': f'md_job_{key}'},
         }
@@ -242,14 +282,23 @@ class ExplorationWorkChain(WorkChain):
         return self.submit(AseMdCalculation, **inputs)
 
     def _potential(self):
-        lammps = self.inputs.get('lammps', {})
-        if self.ctx.model is not None:
-            return model_potential(
-                self.ctx.model,
-                lammps_model=lammps.get('lammps_model'),
-                device=self.inputs.device.value,
-            )
-        return classical_potential(lammps['pair_style'].value, lammps.get('parameter_file'))
+        """The drawn member as LAMMPS loads it (its stored export), else the classical potential.
+
+        A MACE member without a stored export (made by ``PotentialModel.from_files``) is
+        converted once by the calcfunction :func:`.lammps_engine.export_lammps_model`; every
+        run then gets that file.
+        """
+        if self.ctx.model is None:
+            lammps = self.inputs.lammps
+            return classical_potential(lammps['pair_style'].value, lammps.get('parameter_file'))
+        export = None
+        if needs_export(self.ctx.model):
+            if 'lammps_export' not in self.ctx:
+                node = export_lammps_model(self.ctx.model)
+                self.ctx.lammps_export = node.pk
+                self.report(f'converted model <{self.ctx.model.pk}> for LAMMPS: <{node.pk}>')
+            export = orm.load_node(self.ctx.lammps_export)
+        return model_potential(self.ctx.model, lammps_model=export, device=self.inputs.device.value)
 
     def _submit_lammps(self, key: str):
         run = int(key)

@@ -13,6 +13,10 @@ The executable of the ``ase`` exploration engine
       "trajectory": "trajectory.h5", "summary": "summary.json"
     }
 
+The protocol is :class:`~aiida_trainspot.exploration.md.MdProtocol`'s; with per-run ``seeds``
+and ``run_ids`` in it (as the exploration stage gives them) a run's frames and id do not depend
+on the job that runs it, and ``seed`` and ``run_id_prefix`` are unused.
+
 The model is loaded once (:func:`aiida_trainspot.training.loader.load_calculator`); every frame
 of ``frames`` (a shard file, see :mod:`aiida_trainspot.data.store`) starts one trajectory
 (:func:`aiida_trainspot.exploration.md.explore`). The sampled frames, with their metadata
@@ -29,6 +33,7 @@ with ``MODEL LOAD FAILED`` or ``INPUT UNREADABLE`` on stderr says why).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -73,6 +78,20 @@ def _progress(result: RunResult) -> None:
     print(json.dumps({key: entry[key] for key in keys}), flush=True)
 
 
+def _same_execution_every_call() -> contextlib.AbstractContextManager:
+    """TorchScript without its profiling optimiser while the runs go.
+
+    The profiling executor re-optimises a scripted model (metatomic models, PET) after its first
+    calls, which changes forces in the last bits: a run's frames would then depend on how many
+    runs came before it in the job, i.e. on how the exploration grouped runs into jobs. Without
+    it, every call computes the same way and a run gives the same frames in any job (eager
+    models such as MACE's are unaffected; on CPU the tiny PET ran no slower).
+    """
+    import torch
+
+    return torch.jit.optimized_execution(False)
+
+
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Run every trajectory of ``config``; write the outputs; return the report."""
     try:
@@ -97,9 +116,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         raise RunnerError(MODEL_LOAD_FAILED, EXIT_MODEL_LOAD_FAILED, one_line(exc)) from exc
     load_seconds = time.perf_counter() - start
-    trajectory, runs = explore(
-        frames, calculator, protocol, seed=seed, run_id_prefix=prefix, progress=_progress
-    )
+    with _same_execution_every_call():
+        trajectory, runs = explore(
+            frames, calculator, protocol, seed=seed, run_id_prefix=prefix, progress=_progress
+        )
     seconds = time.perf_counter() - start - load_seconds
     summary = {
         'engine': ENGINE,

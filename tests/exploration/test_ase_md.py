@@ -220,11 +220,12 @@ def test_all_runs_aborted(ase_md_code, tiny_metatrain_model, small_frames):
         parameters=parameters(temperatures=300.0, pressures=0.0, min_distance=2.0),
     )
     assert node.exit_status == AseMdCalculation.exit_codes.ERROR_ALL_RUNS_ABORTED.status
-    assert 'step 0' in node.exit_message and 'closer than the floor' in node.exit_message
+    assert 'step 1' in node.exit_message and 'closer than the floor' in node.exit_message
     assert len(results['trajectory']) == 0  # still attached
     runs = results['summary']['runs']
+    # the rules hold in production only: the first production step is the first they see
     assert [(r['aborted'], r['abort_step'], r['abort_rule']) for r in runs] == [
-        (True, 0, 'min_distance')
+        (True, 1, 'min_distance')
     ] * 2
 
 
@@ -275,6 +276,14 @@ def _tilted_slab():
         ({'parameters': {'temperatures': 300, 'steps': 5, 'sample_interval': 10}}, 'no frame'),
         ({'parameters': {'temperatures': [1, 2, 3], 'steps': 10}}, r"`parameters`: 'temper"),
         ({'seed': -1}, r'`seed`: must be between 0'),
+        (
+            {'parameters': {'temperatures': 300, 'steps': 10, 'seeds': [1, 2]}, 'seed': 3},
+            r'`seed`: 3 is given together with per-run `parameters.seeds`',
+        ),
+        (
+            {'parameters': {'temperatures': 300, 'steps': 10, 'seeds': [1, 2, 3]}},
+            r"`parameters`: 'seeds' has 3 values for 2 starting frames",
+        ),
         ({'device': 'gpu'}, r"`device`: 'gpu' is not one of"),
         ({'frames': [Atoms('Si2', positions=[[0, 0, 0], [2.3, 0, 0]])]}, r'`structures`: spec'),
         ({'frames': [Atoms('C', cell=[5, 5, 5], pbc=True)]}, r'`structures`: every frame is a'),

@@ -94,6 +94,7 @@ def test_diamond_npt_end_to_end_and_deterministic(raw_code, tersoff, tmp_path):
             'source_frame': 9,
             'n_frames': 10,
             'last_step': 500,
+            'thermalisation_steps': 0,
             'steps': 500,
             'halted': False,
             'halt': None,
@@ -248,6 +249,45 @@ def test_slab_and_molecule_npt_barostats_only_periodic_axes(raw_code, tersoff):
     np.testing.assert_allclose(moved.get_center_of_mass(), cluster.get_center_of_mass(), atol=1e-6)
 
 
+def run_by_hand(executable, folder, atoms, potential, md, **kwargs):
+    """Prepare one run, run it with lmp in ``folder``; return (records, summary, stdout)."""
+    run = li.prepare_run(atoms, potential.spec, md, **kwargs)
+    folder.mkdir()
+    (folder / 'structure.data').write_text(run.data)
+    (folder / 'input.in').write_text(run.script)
+    for name, node in potential.files.items():
+        (folder / name).write_bytes(node.get_content('rb'))
+    result = subprocess.run(
+        [executable, '-in', 'input.in', '-log', 'none'],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    records, summary = li.trajectory_records(
+        (folder / 'trajectory.dump').read_text(),
+        (folder / 'samples.dat').read_text(),
+        result.stdout,
+        run.conversion,
+    )
+    return records, summary, result.stdout
+
+
+def thermo_tables(log):
+    """The temperatures of each thermo table of a LAMMPS log (one list per run/minimize)."""
+    tables, current = [], None
+    for line in log.splitlines():
+        words = line.split()
+        if words[:3] == ['Step', 'Time', 'Temp']:
+            current = []
+            tables.append(current)
+        elif current is not None and words and words[0].isdigit():
+            current.append(float(words[2]))
+        else:
+            current = None
+    return tables
+
+
 def test_fix_halt_stops_a_run(raw_code, tersoff, tmp_path):
     diamond = bulk('C', 'diamond', a=3.567, cubic=True)
     md = {'temperature': 300.0, 'steps': 1000, 'seed': 1, 'sample_interval': 10}
@@ -257,33 +297,63 @@ def test_fix_halt_stops_a_run(raw_code, tersoff, tmp_path):
     (run,) = summary['runs']
     assert run['halted'] is True
     assert run['halt']['reason'] == 'max_temperature'
-    assert run['halt']['step'] == 10
-    assert run['last_step'] == 10
+    assert run['halt']['step'] == 1  # checked after every step, as the ase engine does
+    assert run['last_step'] == 0
     step, _ = frames.get_column('step')
     assert step.tolist() == [0]  # the frame that broke the rule is not kept
-    # closer than 2 Å: every C-C bond of diamond (1.54 Å), at the first check (run by hand)
-    run = li.prepare_run(diamond, tersoff.spec, {**md, 'min_distance': 2.0})
-    (tmp_path / 'structure.data').write_text(run.data)
-    (tmp_path / 'input.in').write_text(run.script)
-    (tmp_path / 'SiC.tersoff').write_bytes(Path(SIC_TERSOFF).read_bytes())
     executable = str(raw_code.filepath_executable)
-    result = subprocess.run(
-        [executable, '-in', 'input.in', '-log', 'none'],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    records, run = li.trajectory_records(
-        (tmp_path / 'trajectory.dump').read_text(),
-        (tmp_path / 'samples.dat').read_text(),
-        result.stdout,
-        run.conversion,
-    )
-    assert run['halt']['reason'] == 'min_distance'
-    assert run['halt']['step'] == 10
-    assert run['halt']['value'] == pytest.approx(1.5446, abs=0.05)
-    assert records == []
+    # closer than 2 Å: every C-C bond of diamond (1.54 Å); a force bound no moving crystal
+    # keeps: both hold from the start, and fire at the first production step only
+    for name, rule, value in (('min_distance', 2.0, 1.5446), ('max_force', 1e-6, None)):
+        for thermalisation in (0, 20):
+            settings = {**md, name: rule, 'thermalisation_steps': thermalisation}
+            folder = tmp_path / f'{name}-{thermalisation}'
+            records, run, _ = run_by_hand(executable, folder, diamond, tersoff, settings)
+            assert run['halt']['reason'] == name
+            assert run['halt']['step'] == thermalisation + 1
+            if value is not None:
+                assert run['halt']['value'] == pytest.approx(value, abs=0.05)
+            assert records == []
+
+
+def test_rattled_cold_start_thermalises_unchecked_and_samples_when_relaxed(
+    raw_code, tersoff, tmp_path
+):
+    start = bulk('C', 'diamond', a=3.567, cubic=True).repeat(2)
+    start.rattle(0.1, seed=3)  # ~0.1 Å off every site: stored energy worth hundreds of K
+    cold = {
+        'temperature': 50.0,
+        'steps': 200,
+        'seed': 5,
+        'sample_interval': 50,
+        'max_temperature': 5 * 50.0,
+        'min_distance': 0.5,
+        'max_force': 50.0,
+    }
+    executable = str(raw_code.filepath_executable)
+    # straight into production, the rule fires at the first step: a production violation aborts
+    records, run, _ = run_by_hand(executable, tmp_path / 'hot', start, tersoff, cold)
+    assert (run['halt']['reason'], run['halt']['step']) == ('max_temperature', 1)
+    assert run['halt']['value'] > 250.0 and records == []
+    # a thermalisation first: it runs far above 250 K, unchecked; the rule waits for production
+    warm = {**cold, 'thermalisation_steps': 100}
+    records, run, log = run_by_hand(executable, tmp_path / 'warm', start, tersoff, warm)
+    thermalisation = thermo_tables(log)[0]
+    assert len(thermalisation) == 3 and max(thermalisation) > 250.0
+    assert run['halt']['step'] == 101 and records == []
+    # relaxed (FIRE, cell fixed) and thermalised: the production is reached and fully sampled
+    relaxed = {**warm, 'relax_steps': 100, 'relax_fmax': 0.1}
+    frames, summary, node, _ = run_md(raw_code, start, tersoff, relaxed)
+    assert 'min_style fire' in node.inputs.script.get_content()
+    (run,) = summary['runs']
+    assert run['halted'] is False
+    assert (run['thermalisation_steps'], run['steps'], run['last_step']) == (100, 300, 300)
+    step, _ = frames.get_column('step')
+    assert step.tolist() == [150, 200, 250, 300]  # thermalisation frames are never sampled
+    temperature, _ = frames.get_column('md_temperature')
+    assert (temperature < 250.0).all()
+    log = retrieved_text(node, 'lammps.out')
+    assert 'Stopping criterion = force tolerance' in log  # relaxed before the cap
 
 
 def d2_energy(atoms, species, s6=0.75, d=20.0, cutoff=15.0):

@@ -12,6 +12,7 @@ from ase import Atoms
 from ase.build import bulk, diamond111, molecule
 
 from aiida_trainspot.exploration import lammps_input as li
+from aiida_trainspot.exploration import md
 
 TERSOFF = {'kind': 'classical', 'pair_style': 'tersoff', 'file': 'SiC.tersoff'}
 MD = {'temperature': 300.0, 'steps': 100, 'seed': 7}
@@ -497,17 +498,23 @@ def test_abort_rules():
         potential=TERSOFF,
         max_temperature=5000.0,
         min_distance=0.7,
+        max_force=50.0,
         sample_interval=20,
         **MD,
     )
     # LAMMPS docs, fix halt: "fix ID group-ID halt N attribute operator avalue keyword value",
-    # attribute v_name, keyword "error soft" stops the run and goes on with the script
+    # attribute v_name, keyword "error soft" stops the run and goes on with the script; N = 1:
+    # after every step, as the ase engine checks
     assert script_lines(script, 'fix halt') == [
-        'fix halt_temperature all halt 20 v_halt_temperature > 5000 error soft',
-        'fix halt_distance all halt 20 v_halt_distance < 0.7 error soft',
+        'fix halt_temperature all halt 1 v_halt_temperature > 5000 error soft',
+        'fix halt_distance all halt 1 v_halt_distance < 0.7 error soft',
+        'fix halt_force all halt 1 v_halt_force > 50 error soft',
     ]
     assert 'compute pair_distances all pair/local dist' in script
     assert 'compute min_distance all reduce min c_pair_distances' in script
+    # LAMMPS docs, variable: atom-style variables of fx, fy, fz; compute reduce max of it
+    assert 'variable force_norm atom sqrt(fx*fx+fy*fy+fz*fz)' in script
+    assert 'compute max_force all reduce max v_force_norm' in script
     log = 'blah\nFix halt condition for fix-id halt_distance met on step 40 with value 0.65 (x)\n'
     assert li.parse_halt(log) == {
         'fix': 'halt_distance',
@@ -516,6 +523,53 @@ def test_abort_rules():
         'value': 0.65,
     }
     assert li.parse_halt('Total wall time: 0:00:01') is None
+    log = 'Fix halt condition for fix-id halt_force met on step 3 with value 61.5 (x)'
+    assert li.parse_halt(log)['reason'] == 'max_force'
+
+
+def test_phases_relaxation_thermalisation_production():
+    script = li.md_script(
+        species=['C'],
+        pbc=(True,) * 3,
+        potential=TERSOFF,
+        relax_steps=80,
+        relax_fmax=0.05,
+        thermalisation_steps=200,
+        max_temperature=1500.0,
+        **MD,
+    )
+    lines = script.splitlines()
+    # LAMMPS docs: min_style fire; min_modify norm max (largest force on an atom, as ASE's
+    # fmax) dmax (largest move per step); minimize etol ftol maxiter maxeval
+    relaxation = ['min_style fire', 'min_modify norm max dmax 0.1', 'minimize 0 0.05 80 800']
+    start = lines.index('min_style fire')
+    assert lines[start : start + 4] == [*relaxation, 'reset_timestep 0']
+    assert li.RELAX_MAX_STEP == md.RELAX_MAX_STEP  # the same FIRE step bound as the ase engine
+    # order: relaxation, velocities, thermostat, thermalisation (nothing dumped, no halt), then
+    # the production from step 0 with its dump, samples and halts
+    order = [
+        'minimize ',
+        'velocity all create',
+        'fix md ',
+        'run 200',
+        'reset_timestep 0',
+        'fix samples ',
+        'dump trajectory ',
+        'fix halt_temperature ',
+        'run 100',
+    ]
+    position = start
+    for prefix in order:  # each after the one before
+        position = next(i for i in range(position + 1, len(lines)) if lines[i].startswith(prefix))
+    sampled_or_checked = [i for i, line in enumerate(lines) if 'dump' in line or 'halt' in line]
+    assert min(sampled_or_checked) > lines.index('run 200')
+    # without relaxation and thermalisation, neither appears
+    plain = li.md_script(species=['C'], pbc=(True,) * 3, potential=TERSOFF, **MD)
+    assert 'minimize' not in plain and 'reset_timestep' not in plain
+    assert script_lines(plain, 'run ') == ['run 100']
+    for bad in ({'relax_steps': -1}, {'thermalisation_steps': -5}, {'relax_fmax': 0.0}):
+        with pytest.raises(li.LammpsInputError, match='relax'):
+            li.md_script(species=['C'], pbc=(True,) * 3, potential=TERSOFF, **MD, **bad)
 
 
 def test_samples_are_parsed():
@@ -559,10 +613,26 @@ def test_prepare_run_and_records_from_outputs():
         'source_frame': 12,
         'n_frames': 2,
         'last_step': 100,
+        'thermalisation_steps': 0,
         'steps': 100,
         'halted': False,
         'halt': None,
     }
+    # after a thermalisation the production counts from 0 in LAMMPS: steps come back from the
+    # start of the MD, as the ase engine counts them (the dump starts at the production)
+    warm = li.prepare_run(atoms, TERSOFF, {**md, 'thermalisation_steps': 30}, run_id='r3')
+    assert warm.conversion['thermalisation_steps'] == 30
+    log = 'Fix halt condition for fix-id halt_distance met on step 100 with value 0.4 (x)'
+    records, summary = li.trajectory_records(dump, samples, log, warm.conversion)
+    assert [r['info']['step'] for r in records] == [80]
+    assert records[0]['info']['time_fs'] == 160.0
+    assert records[0]['info']['md_temperature'] == 320.0  # the samples of production step 50
+    assert summary['halt']['step'] == 130
+    assert (summary['last_step'], summary['steps'], summary['thermalisation_steps']) == (
+        130,
+        130,
+        30,
+    )
     # a halt drops the frame of its step; NVT has no target pressure
     run = li.prepare_run(atoms, TERSOFF, {**md, 'ensemble': 'nvt'}, include_initial=True)
     log = 'Fix halt condition for fix-id halt_temperature met on step 100 with value 9000.0 (x)'

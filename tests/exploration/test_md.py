@@ -20,6 +20,7 @@ from aiida_trainspot.exploration.md import (
     METADATA_COLUMNS,
     Abort,
     D2Dispersion,
+    FiniteResults,
     MaxForce,
     MdProtocol,
     MinDistance,
@@ -29,6 +30,7 @@ from aiida_trainspot.exploration.md import (
     ensemble_of,
     explore,
     make_integrator,
+    relax,
     run_trajectory,
     with_dispersion,
 )
@@ -76,7 +78,16 @@ def test_protocol_defaults_and_round_trip():
     assert (p.friction, p.ttime, p.ptime) == (0.01, 100.0, 1000.0)
     assert (p.min_distance, p.max_force, p.max_temperature_factor) == (0.5, 50.0, 5.0)
     assert (p.dispersion_d2, p.d2_s6, p.d2_cutoff) == (False, 0.75, 30.0)
+    assert (p.relax_steps, p.relax_fmax, p.seeds, p.run_ids) == (0, 0.1, None, None)
     assert MdProtocol.from_dict(p.to_dict()) == p
+    assert 'seeds' not in p.to_dict()  # per-run lists only when set
+    listed = MdProtocol.from_dict(
+        {'temperatures': 300, 'steps': 10, 'seeds': [7, 2**40], 'run_ids': ['a-3', 'a-4']}
+    )
+    assert (listed.seeds, listed.run_ids) == ((7, 2**40), ('a-3', 'a-4'))
+    assert MdProtocol.from_dict(listed.to_dict()) == listed
+    assert (listed.run_seed(1), listed.run_id(1, 'x')) == (2**40, 'a-4')
+    assert (p.run_seed(1), p.run_id(1, 'x')) == (None, 'x-1')
     assert p.target(1) == (600.0, 0.0)
     assert MdProtocol.from_dict({'temperatures': 500, 'pressures': [1, 2], 'steps': 10}).target(
         1
@@ -113,6 +124,13 @@ def test_protocol_sampling_steps():
         ({'temperatures': 300, 'steps': 10, 'max_temperature_factor': 1}, 'larger than 1.0'),
         ({'temperatures': 300, 'steps': 10, 'dispersion_d2': 'yes'}, 'true or false'),
         ({'temperatures': 300, 'steps': 10, 'd2_cutoff': 500}, "'d2_cutoff' 500.0"),
+        ({'temperatures': 300, 'steps': 10, 'relax_steps': -1}, "'relax_steps' must be at"),
+        ({'temperatures': 300, 'steps': 10, 'relax_fmax': 0}, "'relax_fmax' must be larger"),
+        ({'temperatures': 300, 'steps': 10, 'seeds': [1, -2]}, r"'seeds' holds -2"),
+        ({'temperatures': 300, 'steps': 10, 'seeds': [1.5]}, r"'seeds' holds 1.5, not an int"),
+        ({'temperatures': 300, 'steps': 10, 'seeds': 3}, r"'seeds' must be a non-empty list"),
+        ({'temperatures': 300, 'steps': 10, 'run_ids': ['a', 'a']}, r"not distinct: \['a'\]"),
+        ({'temperatures': 300, 'steps': 10, 'run_ids': ['a', 3]}, r"'run_ids' holds 3"),
     ],
 )
 def test_protocol_rejects(values, match):
@@ -126,6 +144,11 @@ def test_protocol_targets_per_frame():
     with pytest.raises(ProtocolError, match="'temperatures' has 3 values for 2 starting frames"):
         MdProtocol.from_dict(p.to_dict(), n_frames=2)
     MdProtocol.from_dict({'temperatures': 300, 'steps': 10}, n_frames=7)  # one for all
+    # a run's own seed and id: one per frame, never one for all
+    with pytest.raises(ProtocolError, match="'seeds' has 1 values for 2 starting frames"):
+        MdProtocol.from_dict({'temperatures': 300, 'steps': 10, 'seeds': [4]}, n_frames=2)
+    with pytest.raises(ProtocolError, match="'run_ids' has 3 values for 2 starting frames"):
+        MdProtocol.from_dict({'temperatures': 300, 'steps': 10, 'run_ids': list('abc')}, 2)
 
 
 # --------------------------------------------------------------------------- ensembles
@@ -178,6 +201,7 @@ def test_abort_rules():
     abort = MinDistance(0.5).check(atoms, 7, True)
     assert abort == Abort(7, 'min_distance', pytest.approx(0.4), abort.reason)
     assert '0.4 Angstrom apart' in abort.reason
+    assert MinDistance(0.5).check(atoms, 7, production=False) is None  # thermalising: no check
     # periodic images count
     images = Atoms('C2', positions=[[0, 0, 0], [2.9, 0, 0]], cell=[3.0, 5, 5], pbc=True)
     assert MinDistance(0.5).check(images, 1, True).value == pytest.approx(0.1)
@@ -190,6 +214,18 @@ def test_abort_rules():
     assert MaxForce(force * 1.01).check(atoms, 3, True) is None
     abort = MaxForce(force / 2).check(atoms, 3, True)
     assert (abort.rule, abort.step, abort.value) == ('max_force', 3, pytest.approx(force))
+    assert MaxForce(force / 2).check(atoms, 3, production=False) is None
+
+    class NotFinite(LennardJones):
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            self.results['energy'] = float('nan')
+
+    broken = Atoms('Ar2', positions=[[0, 0, 0], [3.0, 0, 0]])
+    broken.calc = NotFinite()
+    for production in (False, True):  # non-finite results stop a run in any phase
+        assert FiniteResults().check(broken, 2, production).rule == 'non_finite'
+    assert FiniteResults().check(atoms, 2, False) is None
 
     atoms.set_velocities([[0.1, 0, 0], [-0.1, 0, 0]])
     temperature = atoms.get_temperature()
@@ -401,10 +437,102 @@ def test_an_exploding_trajectory_aborts_and_keeps_the_earlier_frames():
     assert summary['abort_reason'] == result.abort.reason
 
 
-def test_start_frame_that_breaks_a_rule_and_frames_that_cannot_run():
-    too_close = protocol(min_distance=1.6)  # the diamond bond is 1.54 Å
-    result = run_trajectory(diamond(), tersoff(), too_close)
-    assert (result.abort.step, result.abort.rule, result.n_sampled) == (0, 'min_distance', 0)
+def rattled_cold_diamond():
+    """Diamond with every atom moved by ~0.1 Å: stored potential energy worth hundreds of K."""
+    atoms = diamond()
+    atoms.rattle(0.1, seed=3)
+    return atoms
+
+
+def positions_of_run(columns, run_id):
+    """The positions of the frames of ``run_id`` in ``columns`` (one array per frame)."""
+    ends = np.cumsum(columns.n_atoms)
+    starts = ends - columns.n_atoms
+    return [
+        columns.atom['positions'][start:end]
+        for start, end, run in zip(starts, ends, columns.frame['run_id'], strict=True)
+        if run == run_id
+    ]
+
+
+def test_rules_apply_from_the_first_production_step_only():
+    # the diamond bond (1.54 Å) is below a 1.6 Å floor from the start, through the whole
+    # thermalisation: the rule fires at the first production step, never before
+    for thermalisation in (0, 4):
+        too_close = protocol(min_distance=1.6, thermalisation_steps=thermalisation)
+        result = run_trajectory(diamond(), tersoff(), too_close)
+        assert (result.abort.step, result.abort.rule) == (thermalisation + 1, 'min_distance')
+        assert result.n_sampled == 0
+    # a force bound below any force of a moving crystal: the same
+    strict = protocol(temperatures=600.0, max_force=1e-9, thermalisation_steps=3)
+    result = run_trajectory(diamond(), tersoff(), strict, seed=1)
+    assert (result.abort.step, result.abort.rule) == (4, 'max_force')
+
+
+def test_relax_lowers_the_forces_with_the_cell_fixed():
+    atoms = rattled_cold_diamond()
+    atoms.calc = tersoff()
+    cell = atoms.cell.array.copy()
+    assert np.linalg.norm(atoms.get_forces(), axis=1).max() > 5.0
+    steps = relax(atoms, protocol(relax_steps=100, relax_fmax=0.1))
+    assert 0 < steps < 100  # converged before the cap
+    assert np.linalg.norm(atoms.get_forces(), axis=1).max() < 0.1
+    assert (atoms.cell.array == cell).all()
+    capped = rattled_cold_diamond()
+    capped.calc = tersoff()
+    assert relax(capped, protocol(relax_steps=3)) == 3
+    assert relax(capped, protocol()) == 0  # relax_steps 0: no relaxation
+
+
+def test_a_rattled_cold_start_reaches_production_and_samples():
+    cold = {'temperatures': 50.0, 'steps': 20, 'sample_interval': 10}
+    # unrelaxed, the stored energy heats the run past 5 x 50 K at once: in production, it aborts
+    hot = run_trajectory(rattled_cold_diamond(), tersoff(), protocol(**cold), seed=1)
+    assert (hot.abort.rule, hot.abort.step, hot.n_sampled) == ('max_temperature', 1, 0)
+    assert hot.abort.value > 5 * 50.0
+    # relaxed first, it thermalises (never sampled) and samples every production frame
+    relaxed = protocol(**cold, relax_steps=100, thermalisation_steps=10)
+    result = run_trajectory(rattled_cold_diamond(), tersoff(), relaxed, seed=1)
+    assert result.abort is None
+    assert 0 < result.relax_steps_done < 100
+    assert result.steps == [20, 30]  # thermalisation steps 1-10 are never sampled
+    assert result.steps_done == 30
+    assert result.final_temperature < 5 * 50.0
+    assert result.summary()['relax_steps_done'] == result.relax_steps_done
+
+
+def test_a_run_with_its_own_seed_does_not_depend_on_its_job():
+    frames = [diamond(), graphene_slab(), carbon_ring()]
+    targets = {'temperatures': [300.0, 500.0, 400.0], 'pressures': [1000.0, 0.0, 0.0]}
+    listed = {'seeds': [11, 12, 13], 'run_ids': ['r0', 'r1', 'r2'], 'steps': 10}
+    together, summary = explore(frames, tersoff(), protocol(**targets, **listed), seed=5)
+    assert [run['run_id'] for run in summary] == ['r0', 'r1', 'r2']
+    # the same runs in other jobs, at other positions, with another job seed
+    swapped = {
+        'temperatures': [400.0, 300.0],
+        'pressures': [0.0, 1000.0],
+        'seeds': [13, 11],
+        'run_ids': ['r2', 'r0'],
+        'steps': 10,
+    }
+    other, _ = explore([frames[2], frames[0]], tersoff(), protocol(**swapped), seed=6)
+    one = {'temperatures': 500.0, 'pressures': 0.0, 'seeds': [12], 'run_ids': ['r1'], 'steps': 10}
+    alone, _ = explore([frames[1]], tersoff(), protocol(**one), seed=7)
+    for run_id, job in (('r0', other), ('r1', alone), ('r2', other)):
+        mine, theirs = positions_of_run(together, run_id), positions_of_run(job, run_id)
+        assert len(mine) == len(theirs) == 2
+        for a, b in zip(mine, theirs, strict=True):
+            assert np.array_equal(a, b)  # bit for bit
+    # and the seed matters: another seed for r0, other frames
+    reseeded, _ = explore(
+        [frames[0]],
+        tersoff(),
+        protocol(temperatures=300.0, pressures=1000.0, seeds=[14], run_ids=['r0'], steps=10),
+    )
+    assert not np.allclose(positions_of_run(reseeded, 'r0')[0], positions_of_run(together, 'r0')[0])
+
+
+def test_frames_that_cannot_run():
     single = run_trajectory(Atoms('C', cell=[5, 5, 5], pbc=True), tersoff(), protocol())
     assert single.skip_reason.startswith('a single atom')
     assert single.summary()['skipped'] and not single.summary()['aborted']

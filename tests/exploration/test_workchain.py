@@ -155,3 +155,52 @@ def test_ase_engine_with_a_committee(model_fixture, ase_md_code, request):
     first = trajectory.get_columns()
     second = again['trajectory'].get_columns()
     np.testing.assert_array_equal(first.atom['positions'], second.atom['positions'])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('model_fixture', ['tiny_mace_model', 'tiny_metatrain_model'])
+def test_ase_frames_do_not_depend_on_max_concurrent(model_fixture, ase_md_code, request):
+    model = request.getfixturevalue(model_fixture)
+    angles = np.linspace(0, 2 * np.pi, 6, endpoint=False)
+    ring = Atoms('C6', positions=np.c_[1.54 * np.cos(angles), 1.54 * np.sin(angles), np.zeros(6)])
+    ring.center(vacuum=6.0)
+    diamond = bulk('C', 'diamond', a=3.567, cubic=True)
+    diamond.rattle(0.05, seed=2)
+    pool = PESData.from_ase([diamond, ring, bulk('C', 'diamond', a=3.567)])
+    inputs = {
+        'structures': pool,
+        'n_structures': orm.Int(5),
+        'code': ase_md_code,
+        'model': model,
+        'protocol': orm.Dict(
+            {
+                **SHORT,
+                'relax_steps': 5,
+                'thermalisation_steps': 4,
+                'steps': 20,
+                'sample_interval': 10,
+                'pressures_kbar': [0.0, 1.0],
+            }
+        ),
+        'seed': orm.Int(8),
+    }
+    outputs = {}
+    for max_concurrent in (1, 3):
+        results, node = run_get_node(
+            ExplorationWorkChain, max_concurrent=orm.Int(max_concurrent), **inputs
+        )
+        assert node.is_finished_ok, node.exit_message
+        assert len(results['summary']['jobs']) == max_concurrent  # grouped differently
+        outputs[max_concurrent] = results['trajectory'].get_columns()
+    one, three = outputs[1], outputs[3]
+    assert one.n_frames == three.n_frames == 5 * 2  # every run reached production, 2 frames each
+    # the same frames, bit for bit, in the same order, with the same run ids and steps
+    for name in ('positions', 'numbers'):
+        assert np.array_equal(one.atom[name], three.atom[name]), name
+    for name in ('cell', 'step', 'source_frame', 'temperature', 'run_id', 'ensemble'):
+        assert np.array_equal(one.frame[name], three.frame[name]), name
+    assert np.array_equal(one.frame['pressure'], three.frame['pressure'], equal_nan=True)
+    assert one.frame['step'].tolist() == [14, 24] * 5  # after relaxation and thermalisation
+    run_ids = list(dict.fromkeys(one.frame['run_id']))
+    prefix = run_ids[0].rsplit('-', 1)[0]
+    assert run_ids == [f'{prefix}-{r}' for r in range(5)]  # one per run, in run order
