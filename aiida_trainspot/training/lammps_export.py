@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,11 @@ def export_mace(model_file: str | Path, output: str | Path, dtype: str = 'float6
     head = mace_head(getattr(model, 'heads', None))
     wrapper = LAMMPS_MACE(model, head=head) if head is not None else LAMMPS_MACE(model)
     output = Path(output)
-    jit.compile(wrapper).save(str(output))
+    with warnings.catch_warnings():
+        # TorchScript's notice about MACE's own annotations: not the user's to act on, and it
+        # would print once per member in the campaign's console
+        warnings.filterwarnings('ignore', 'The TorchScript type system', UserWarning)
+        jit.compile(wrapper).save(str(output))
     return output
 
 

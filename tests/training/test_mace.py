@@ -519,3 +519,58 @@ def test_model_missing_without_crash(aiida_localhost):
     assert calcfunction.exit_status == MaceTrainCalculation.exit_codes.ERROR_MODEL_MISSING.status
     assert 'killed' in calcfunction.exit_message
     assert results == {}
+
+
+def _emt_copper(seed: int, n_frames: int) -> list:
+    """EMT-labelled Cu cells (8 atoms), strained by up to ±6 % and rattled: energy and stress
+    vary with the volume, which forces alone do not teach."""
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_frames):
+        atoms = bulk('Cu', 'fcc', a=3.61).repeat(2)
+        atoms.set_cell(atoms.cell * (1.0 + rng.uniform(-0.06, 0.06)), scale_atoms=True)
+        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+        atoms.calc = EMT()
+        results = {
+            'energy': atoms.get_potential_energy(),
+            'forces': atoms.get_forces(),
+            'stress': atoms.get_stress(),
+        }
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+    return frames
+
+
+@pytest.mark.slow
+def test_default_weights_learn_energies_and_stresses(mace_code):
+    """With the package's loss weights a short training beats a constant energy per atom.
+
+    The truth is independent of the model: a predictor that learned no energy (the training
+    mean per atom) and one that learned no stress (zero). MACE's own weights (1 / 100 / 1) fail
+    this: the forces are learned, the energy-volume curve is not.
+    """
+    training = PESData.from_ase(_emt_copper(0, 24))
+    validation = PESData.from_ase(_emt_copper(1, 6))
+    test = _emt_copper(2, 12)
+    parameters = {**TINY, 'max_num_epochs': 30, 'batch_size': 4}
+    results, node = train(mace_code, (training, validation), 5, parameters)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    config = retrieved_config(node)
+    assert config['loss'] == 'stress'
+    mean = np.mean([a.calc.results['energy'] / len(a) for a in training.to_ase()])
+    reference = np.array([a.calc.results['energy'] / len(a) for a in test])
+    stresses = np.array([a.calc.results['stress'] for a in test])
+    with results['model'].calculator() as calculator:
+        predicted, predicted_stress = [], []
+        for atoms in test:
+            atoms = atoms.copy()
+            atoms.calc = calculator
+            predicted.append(atoms.get_potential_energy() / len(atoms))
+            predicted_stress.append(atoms.get_stress())
+    rmse = np.sqrt(np.mean((np.array(predicted) - reference) ** 2))
+    constant = np.sqrt(np.mean((reference - mean) ** 2))
+    assert rmse < 0.5 * constant, (rmse, constant)
+    stress_rmse = np.sqrt(np.mean((np.array(predicted_stress) - stresses) ** 2))
+    assert stress_rmse < 0.5 * np.sqrt(np.mean(stresses**2)), stress_rmse
