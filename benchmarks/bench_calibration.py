@@ -12,9 +12,16 @@ and all 8 members:
    fitted to), count the criterion δ_F > τ = a·ε_thr against the truth ε_F > ε_thr, for each
    ε_thr of ``--thresholds``: TPR = TP/(TP+FN) and PPV = TP/(TP+FP) "along the fitted line".
 
-ε_F is the RMS over the members of each member's force error, sqrt(ε_F² + δ_F²), the error of
-the one member an exploration runs (the package's default, ``calibration: {error: members}``);
-with ``--error committee_mean`` it is the committee mean's force error.
+ε_F is the RMS over the members of each member's force error, sqrt(ε_F² + δ_F²) (``calibration:
+{error: members}``), or with ``--error committee_mean`` the committee mean's force error: the
+kind the main figures fit and score. Scored against its own kind, the members' RMS error flatters
+the criterion: it holds δ, so δ never exceeds it and every frame with δ > ε_thr is a true
+positive by construction. The like-for-like study (``like_for_like`` in the JSON, the
+``*_truths.png`` figure) therefore fits the slope to BOTH kinds on the same calibration frames
+and scores both lines against the SAME two truths, neither of which contains δ: the committee
+mean's force error (what a user deploys) and a single member's (what drives the exploration's
+MD; the package draws the member at random, so every (frame, member) pair is one case, each
+member's own error against the frame's δ).
 
 Two test sets are scored with the same line. ``in-distribution``: MD at the pool's conditions, the
 hardest case, as the errors of a converging committee crowd around ε_thr. ``exploration``: those
@@ -27,7 +34,8 @@ are truly above each ε_thr, the rates of the package's other fitting methods on
 calibration frames (``methods``), and the ``ceiling``: the best threshold on δ chosen with
 hindsight on the scored frames, which bounds what any calibration could reach. Writes a JSON
 of every rate, slope and the δ/ε pairs, and a PNG: δ vs ε scatter with the fitted line for each
-committee size (last iteration), and TPR/PPV against ε_thr, for each test set.
+committee size (last iteration), and TPR/PPV against ε_thr, for each test set; and beside it
+``*_truths.png``, the like-for-like study.
 
 Usage: python benchmarks/bench_calibration.py [--sizes 10,20,30] [--members 8] [--epochs 30]
        [--channels 8] [--vary-architecture] [--subsample F] [--extra-calibration 0]
@@ -50,14 +58,17 @@ from pathlib import Path
 import numpy as np
 from committee_oracle import (
     SYSTEM,
+    TRUTHS,
+    concatenate_results,
     load_committee,
     md_frames,
     member_training_sets,
     predict,
     train_committee,
+    truth_pairs,
 )
 
-from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND, ERROR_KINDS
+from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND, ERROR_KINDS, errors_of
 
 TEMPERATURES = (300.0, 800.0, 1300.0, 1800.0)
 COMMITTEE_SIZES = (2, 4, 8)
@@ -143,6 +154,45 @@ def scored_set(delta, error, slope: float, thresholds) -> dict:
     }
 
 
+def like_for_like(held_out: dict, scored: dict[str, dict], thresholds) -> dict:
+    """Both fit kinds, fitted on the same calibration frames, scored against the same truths.
+
+    :param held_out: :func:`committee_oracle.predict`'s result on the calibration frames.
+    :param scored: the same on each test set, by name.
+    :returns: ``{'fits': {kind: {'slope', 'r2', 'rates': {truth: {set: rows}}}}, 'truths':
+        {truth: {set: {'fraction_above': [...], 'ceiling': [...]}}}}``; the ceiling (best
+        threshold with hindsight) depends on the truth only, not on the fit.
+    """
+    from aiida_trainspot.evaluation.calibration import fit_slope
+
+    delta = held_out['delta_forces']
+    fits = {}
+    for kind in ERROR_KINDS:
+        eps = errors_of(kind, {'forces': delta}, {'forces': held_out['eps_forces_committee_mean']})
+        fit = fit_slope(delta, eps['forces'], property_name='forces', min_points=2)
+        fits[kind] = {
+            'slope': float(fit.slope),
+            'r2': float(fit.r2),
+            'rates': {
+                truth: {
+                    name: rates_along_line(*truth_pairs(result, truth), fit.slope, thresholds)
+                    for name, result in scored.items()
+                }
+                for truth in TRUTHS
+            },
+        }
+    truths = {}
+    for truth in TRUTHS:
+        truths[truth] = {}
+        for name, result in scored.items():
+            pair_delta, pair_eps = truth_pairs(result, truth)
+            truths[truth][name] = {
+                'fraction_above': [float(np.mean(pair_eps > t)) for t in thresholds],
+                'ceiling': [best_threshold(pair_delta, pair_eps, t) for t in thresholds],
+            }
+    return {'fits': fits, 'truths': truths}
+
+
 def evaluate_sizes(
     models, calibration, test, unseen, thresholds, max_members: int, error: str
 ) -> dict:
@@ -152,6 +202,8 @@ def evaluate_sizes(
     or the members' RMS). Each fitting method's slope comes from the ``calibration`` frames.
     The in-distribution set keeps its historical keys (``rates``, ``test_fit``,
     ``test_frames_above``, ``test_*_forces``); ``exploration`` adds the unseen conditions.
+    ``like_for_like`` fits both kinds and scores them against the same truths
+    (:func:`like_for_like`), whatever ``error`` is.
     """
     from aiida_trainspot.evaluation.calibration import METHODS, fit_slope
 
@@ -204,6 +256,11 @@ def evaluate_sizes(
             'test_eps_forces': inside['eps_forces'],
             'test_force_rmse': float(np.sqrt(np.mean(tested['force_errors'] ** 2))),
             'exploration': explored,
+            'like_for_like': like_for_like(
+                held_out,
+                {'in-distribution': tested, 'exploration': concatenate_results(tested, other)},
+                thresholds,
+            ),
         }
         for name, rows in (
             ('in-distribution', inside['rates']),
@@ -249,15 +306,68 @@ def prevalence_summary(
                 rows = criterion_rows(entry, name, criterion)
                 thresholds = [r['error_threshold'] for r in view['rates']]
                 for threshold, row in zip(thresholds, rows, strict=True):
-                    both = row is not None and row['tpr'] is not None and row['ppv'] is not None
-                    both = both and min(row['tpr'], row['ppv']) >= target
-                    cases.append((float(np.mean(eps > threshold)), both))
+                    cases.append((float(np.mean(eps > threshold)), both_at_target(row, target)))
+    return band_counts(cases)
+
+
+def band_counts(cases: list[tuple[float, bool]]) -> list[dict]:
+    """Cases and those with both rates at target per band of :data:`PREVALENCE_BANDS`.
+
+    :param cases: ``(fraction of the scored cases truly above ε_thr, both rates at target)``.
+    """
     summary = []
     for low, high in itertools.pairwise(PREVALENCE_BANDS):
         band = [both for fraction, both in cases if low <= fraction < high or fraction == high == 1]
         summary.append(
             {'fraction_above': [low, high], 'cases': len(band), 'both_at_target': sum(band)}
         )
+    return summary
+
+
+def both_at_target(row: dict | None, target: float) -> bool:
+    """Whether a rate row (or a ceiling, None without positives) has TPR and PPV ≥ ``target``."""
+    if row is None or row['tpr'] is None or row['ppv'] is None:
+        return False
+    return min(row['tpr'], row['ppv']) >= target
+
+
+#: the rows of the like-for-like summary: the two fit kinds and the best threshold
+LIKE_FOR_LIKE_ROWS = (*ERROR_KINDS, 'ceiling')
+
+
+def like_for_like_summary(iterations, target: float = 0.8) -> dict:
+    """Per truth and per fit kind (and the ceiling): cases with both rates ≥ ``target`` by band.
+
+    Pools iterations, committee sizes, test sets and ε_thr like :func:`prevalence_summary`; the
+    band is the fraction of the truth's cases above ε_thr. Also the mean TPR and PPV over the
+    cases where they are defined, which show on which side a line errs.
+    """
+    summary: dict = {}
+    for truth in TRUTHS:
+        summary[truth] = {}
+        for row_name in LIKE_FOR_LIKE_ROWS:
+            cases, tprs, ppvs = [], [], []
+            for iteration in iterations:
+                for entry in iteration['committees'].values():
+                    study = entry['like_for_like']
+                    for name, view in study['truths'][truth].items():
+                        if row_name == 'ceiling':
+                            rows = view['ceiling']
+                        else:
+                            rows = study['fits'][row_name]['rates'][truth][name]
+                        for fraction, row in zip(view['fraction_above'], rows, strict=True):
+                            cases.append((fraction, both_at_target(row, target)))
+                            if row is not None and row['tpr'] is not None:
+                                tprs.append(row['tpr'])
+                            if row is not None and row['ppv'] is not None:
+                                ppvs.append(row['ppv'])
+            summary[truth][row_name] = {
+                'bands': band_counts(cases),
+                'both_at_target': sum(both for _, both in cases),
+                'cases': len(cases),
+                'mean_tpr': float(np.mean(tprs)) if tprs else None,
+                'mean_ppv': float(np.mean(ppvs)) if ppvs else None,
+            }
     return summary
 
 
@@ -321,6 +431,79 @@ def plot(report, path: Path) -> None:
         axes[2].legend(fontsize=6)
     figure.suptitle('Calibration quality on EMT Cu (tiny MACE committees)')
     figure.savefig(path, dpi=110)
+
+
+#: how the like-for-like figure names the truths and the fit kinds
+TRUTH_NAMES = {'committee_mean': "committee mean's error", 'member': "a single member's error"}
+FIT_NAMES = {'members': "fit to members' RMS", 'committee_mean': "fit to committee mean's"}
+
+
+def plot_truths(report, path: Path) -> None:
+    """Like-for-like: both fit kinds against the same truths, one row per truth.
+
+    Left: cases with TPR and PPV both ≥ 0.8 per band of the fraction above ε_thr (both fits and
+    the ceiling). Middle and right: TPR and PPV against ε_thr on the exploration set for the
+    largest committee, every iteration (later iterations darker).
+    """
+    from matplotlib.figure import Figure
+
+    summary = report['like_for_like']
+    iterations = report['iterations']
+    figure = Figure(figsize=(15, 8.4), layout='constrained')
+    colours = {'members': 'tab:red', 'committee_mean': 'tab:blue', 'ceiling': 'grey'}
+    for axes, truth in zip(figure.subplots(2, 3), TRUTHS, strict=True):
+        bands = summary[truth]['ceiling']['bands']
+        positions = np.arange(len(bands))
+        axes[0].bar(positions, [b['cases'] for b in bands], 0.8, color='none', edgecolor='k')
+        for offset, row_name in zip((-0.27, 0.0, 0.27), LIKE_FOR_LIKE_ROWS, strict=True):
+            entry = summary[truth][row_name]
+            axes[0].bar(
+                positions + offset,
+                [b['both_at_target'] for b in entry['bands']],
+                0.25,
+                color=colours[row_name],
+                label=f'{FIT_NAMES.get(row_name, row_name)}: {entry["both_at_target"]}'
+                f' of {entry["cases"]}',
+            )
+        axes[0].set_xticks(
+            positions, [f'{b["fraction_above"][0]}-{b["fraction_above"][1]}' for b in bands]
+        )
+        axes[0].set_xlabel('fraction of cases truly above ε_thr (outline: all cases)')
+        axes[0].set_ylabel('cases with TPR and PPV ≥ 0.8')
+        axes[0].set_title(f'truth: {TRUTH_NAMES[truth]}')
+        axes[0].legend(fontsize=8)
+        for axis, key in ((axes[1], 'tpr'), (axes[2], 'ppv')):
+            for index, iteration in enumerate(iterations):
+                size = max(iteration['committees'], key=int)
+                study = iteration['committees'][size]['like_for_like']
+                for kind in ERROR_KINDS:
+                    rows = study['fits'][kind]['rates'][truth]['exploration']
+                    axis.plot(
+                        [r['error_threshold'] for r in rows],
+                        [np.nan if r[key] is None else r[key] for r in rows],
+                        marker='o',
+                        color=colours[kind],
+                        alpha=0.35 + 0.65 * (index + 1) / len(iterations),
+                        label=f'{FIT_NAMES[kind]}, {size} members, '
+                        f'{iteration["n_labelled"]} labels',
+                    )
+            axis.axhline(0.8, color='grey', ls='--', lw=1)
+            axis.set_ylim(0, 1.05)
+            axis.set_xlabel('ε_thr (eV/Å), τ = a·ε_thr')
+            axis.set_ylabel(f'{key.upper()} (exploration set)')
+            axis.grid(alpha=0.3)
+        axes[2].legend(fontsize=6)
+    figure.suptitle(
+        'Like for like: slopes fitted to either error kind, scored against the same truths '
+        '(neither contains δ)'
+    )
+    figure.savefig(path, dpi=110)
+
+
+def truths_png(png: str) -> Path:
+    """Where the like-for-like figure goes: beside ``--png``, ``_truths`` added to its name."""
+    path = Path(png)
+    return path.with_name(f'{path.stem}_truths{path.suffix}')
 
 
 def main() -> None:
@@ -451,6 +634,7 @@ def main() -> None:
         'by_fraction_above_per_criterion': {
             criterion: prevalence_summary(iterations, criterion=criterion) for criterion in CRITERIA
         },
+        'like_for_like': like_for_like_summary(iterations),
     }
     print('cases with TPR and PPV both >= 0.8, by fraction of test frames above ε_thr:')
     print('  fraction   ' + ' '.join(f'{c:>13}' for c in CRITERIA))
@@ -461,10 +645,23 @@ def main() -> None:
         cells = [f'{n} of {band["cases"]}' for n in counts]
         line = ' '.join(f'{cell:>13}' for cell in cells)
         print(f'  {low:.2f}-{high:.2f}  {line}')
+    print('like for like (least squares on the same calibration frames), cases with TPR and PPV')
+    print('both >= 0.8 per band, all cases, mean TPR / PPV:')
+    for truth, rows in report['like_for_like'].items():
+        for row_name, entry in rows.items():
+            bands = ', '.join(f'{b["both_at_target"]}/{b["cases"]}' for b in entry['bands'])
+            means = ' / '.join(
+                'n/a' if entry[k] is None else f'{entry[k]:.2f}' for k in ('mean_tpr', 'mean_ppv')
+            )
+            print(
+                f'  truth {truth:>14}, {row_name:>14}: {bands} '
+                f'({entry["both_at_target"]} of {entry["cases"]}); {means}'
+            )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
     plot(report, Path(args.png))
-    print(f'wrote {args.json} and {args.png} in {report["seconds"]} s')
+    plot_truths(report, truths_png(args.png))
+    print(f'wrote {args.json}, {args.png} and {truths_png(args.png)} in {report["seconds"]} s')
 
 
 if __name__ == '__main__':

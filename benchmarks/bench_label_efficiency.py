@@ -21,15 +21,25 @@ A strategy with no candidates left stops adding frames (the loop has converged b
 criterion); its curve ends there. All strategies start from the same random labelled frames and
 the same first committee for a seed. Reported per round: the labels used, the committee-mean
 force RMSE (eV/Å) and energy RMSE (meV/atom) on the test set, the calibrated slope, τ and the
-TPR/PPV of δ_F > τ against ε_F > ε_thr on the test frames (ε_F the members' RMS error, as
-the package calibrates by default, or with ``--error committee_mean`` the committee mean's; the
-slope is fitted to the same error). The
+TPR/PPV of δ_F > τ against ε_F > ε_thr on the test frames (``tpr_test``, ``ppv_test``: ε_F the
+error the slope is fitted to, ``--error``: the members' RMS error or the committee mean's). The
 summary gives, per strategy and seed, the labels needed to reach random selection's final force
 RMSE (always the committee mean's).
 
+Scored against its own kind, the members' RMS error flatters the criterion (it holds δ, so δ never
+exceeds it). Every round therefore also scores δ_F > τ against the same two truths, neither of
+which contains δ (``test_rates``): the committee mean's force error (what a user deploys) and a
+single member's (what drives the MD; every (frame, member) pair one case, that member's own
+error). ``--error members,committee_mean`` runs each calibrated strategy with both kinds in one
+invocation, named ``calibrated:members``, ``calibrated:committee_mean`` and so on: they share
+seeds, initial frames, first committees and random streams, and a committee is trained once for
+every labelled set they reach alike (the disagreement-ordered cap takes the same top-δ frames
+under either kind while at least ``--batch`` frames are candidates). The other strategies fit
+their (unused) slope to the first kind named.
+
 Usage: python benchmarks/bench_label_efficiency.py [--seeds 3] [--rounds 4] [--batch 6]
        [--initial 10] [--members 2] [--epochs 30] [--threshold 0.03] [--channels 8]
-       [--vary-architecture] [--error members|committee_mean]
+       [--vary-architecture] [--error members|committee_mean|members,committee_mean]
        [--strategies calibrated,uncalibrated,top,random,calibrated-top]
        [--first-seed 0] [--reference earlier.json] [--json out.json] [--png out.png] [--smoke]
 ``random`` is always run: it is the reference of the summary.
@@ -47,7 +57,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from committee_oracle import SYSTEM, load_committee, md_frames, predict, train_committee
+from committee_oracle import (
+    SYSTEM,
+    TRUTHS,
+    load_committee,
+    md_frames,
+    predict,
+    train_committee,
+    truth_pairs,
+)
 
 from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND, ERROR_KINDS
 
@@ -91,7 +109,42 @@ def rates(delta, error, tau, threshold) -> tuple[float | None, float | None]:
     return tuple(None if not np.isfinite(result[k]) else float(result[k]) for k in ('tpr', 'ppv'))
 
 
-def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_round=None):
+def variant_name(strategy: str, kind: str, kinds: list[str]) -> str:
+    """The results key of a strategy run with error kind ``kind``.
+
+    The strategy's own name when one kind is run (the reports of earlier runs), else
+    ``strategy:kind`` for the calibrated strategies (the others do not use the slope).
+    """
+    if len(kinds) > 1 and strategy in CALIBRATED:
+        return f'{strategy}:{kind}'
+    return strategy
+
+
+def variants(strategies: list[str], kinds: list[str]) -> list[tuple[str, str]]:
+    """``(strategy, error kind)`` runs: the calibrated strategies once per kind."""
+    return [
+        (strategy, kind)
+        for strategy in strategies
+        for kind in (kinds if strategy in CALIBRATED else kinds[:1])
+    ]
+
+
+def truth_rates(result: dict, tau: float, threshold: float) -> dict:
+    """TPR/PPV of δ_F > τ against each truth of :data:`committee_oracle.TRUTHS` (no δ in them)."""
+    out = {}
+    for truth in TRUTHS:
+        tpr, ppv = rates(*truth_pairs(result, truth), tau, threshold)
+        out[truth] = {'tpr': tpr, 'ppv': ppv}
+    return out
+
+
+def run_strategy(strategy, kind, seed, pool, test, initial, args, root: Path, trained: dict):
+    """One strategy's curve for one seed, calibrating against error kind ``kind``.
+
+    :param trained: committees already trained, by ``(seed, round, labelled frames in order)``:
+        the training depends on nothing else, so runs that reach the same labelled set share it
+        (every run shares the first committee of a seed).
+    """
     from aiida_trainspot.evaluation.calibration import fit_slope
 
     rng = np.random.default_rng([seed, STRATEGIES.index(strategy)])
@@ -103,12 +156,11 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
         n_valid = max(2, len(labelled) // 5)
         valid = [pool[labelled[i]] for i in order[:n_valid]]
         train = [pool[labelled[i]] for i in order[n_valid:]]
-        if round_index == 0 and first_round is not None:
-            models = first_round
-        else:
-            folder = root / f'{strategy}-{seed}-{round_index}'
+        key = (seed, round_index, tuple(labelled))
+        if key not in trained:
+            folder = root / f'{strategy}-{kind}-{seed}-{round_index}'
             member_seeds = [1000 * seed + 10 * round_index + m for m in range(args.members)]
-            models = train_committee(
+            trained[key] = train_committee(
                 train,
                 valid,
                 folder,
@@ -117,11 +169,9 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
                 channels=args.channels,
                 vary_architecture=args.vary_architecture,
             )
-        if round_index == 0 and first_round is None:
-            first_round = models
-        committee = load_committee(models)
-        test_result = predict(committee, test, args.error)
-        held_out = predict(committee, valid, args.error)
+        committee = load_committee(trained[key])
+        test_result = predict(committee, test, kind)
+        held_out = predict(committee, valid, kind)
         fit = fit_slope(
             held_out['delta_forces'],
             held_out['eps_forces'],
@@ -139,17 +189,21 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
             'n_labels': len(labelled),
             'force_rmse': float(np.sqrt(np.mean(test_result['force_errors'] ** 2))),
             'energy_rmse_mev': float(1000 * np.sqrt(np.nanmean(test_result['eps_energy'] ** 2))),
+            'error': kind,
             'slope': float(fit.slope),
             'tau': float(tau),
+            # against the fitted kind's own error (circular for 'members': it holds δ)
             'tpr_test': tpr,
             'ppv_test': ppv,
+            # against the same truths for every kind, neither of which holds δ
+            'test_rates': truth_rates(test_result, tau, args.threshold),
             'labels_by_temperature': {
                 str(int(t)): int(np.sum(temperatures == t)) for t in TEMPERATURES
             },
         }
         free = np.array(sorted(set(range(len(pool))) - set(labelled)))
         if round_index < args.rounds and free.size:
-            pool_result = predict(committee, [pool[i] for i in free], args.error)
+            pool_result = predict(committee, [pool[i] for i in free], kind)
             picked = choose(
                 strategy,
                 free,
@@ -167,14 +221,14 @@ def run_strategy(strategy, seed, pool, test, initial, args, root: Path, first_ro
             )
             labelled += [int(free[i]) for i in picked]
         curve.append(point)
-        print(f'  {strategy:>12} seed {seed} round {round_index}: {point}', flush=True)
+        print(f'  {strategy:>14} {kind} seed {seed} round {round_index}: {point}', flush=True)
         if (
             round_index < args.rounds
             and point.get('n_candidates', 1) == 0
             and strategy in (*CALIBRATED, 'uncalibrated')
         ):
             break  # converged by its own criterion: nothing left above τ
-    return curve, first_round
+    return curve
 
 
 def labels_to_reach(curve, target: float) -> int | None:
@@ -214,6 +268,35 @@ def summarise(results, seeds) -> dict:
     return summary
 
 
+def rate_summary(results) -> dict:
+    """Per run: mean, min and max over seeds and rounds of TPR and PPV against each truth.
+
+    Rounds whose rate is undefined (no true positive, or nothing flagged) are left out and
+    counted in ``undefined``. Points of reports written before ``test_rates`` existed have none.
+    """
+    summary = {}
+    for name, curves in results.items():
+        summary[name] = {}
+        for truth in TRUTHS:
+            entry = {}
+            for key in ('tpr', 'ppv'):
+                values = [
+                    point['test_rates'][truth][key]
+                    for curve in curves.values()
+                    for point in curve
+                    if 'test_rates' in point
+                ]
+                defined = [v for v in values if v is not None]
+                entry[key] = {
+                    'mean': float(np.mean(defined)) if defined else None,
+                    'min': float(np.min(defined)) if defined else None,
+                    'max': float(np.max(defined)) if defined else None,
+                    'undefined': len(values) - len(defined),
+                }
+            summary[name][truth] = entry
+    return summary
+
+
 def plot(results, path: Path, args, seeds) -> None:
     from matplotlib.figure import Figure
 
@@ -221,8 +304,10 @@ def plot(results, path: Path, args, seeds) -> None:
     axes = figure.subplots(1, 2)
     palette = ('tab:red', 'tab:orange', 'tab:purple', 'tab:blue', 'tab:green')
     colours = dict(zip(STRATEGIES, palette, strict=True))
-    for strategy in results:
-        curves = [results[strategy][str(seed)] for seed in seeds]
+    styles = {'members': '-', 'committee_mean': '--'}
+    for name in results:
+        strategy, _, kind = name.partition(':')
+        curves = [results[name][str(seed)] for seed in seeds]
         n_rounds = min(len(c) for c in curves)
         labels = np.array([[c[r]['n_labels'] for r in range(n_rounds)] for c in curves])
         for axis, key, scale in (
@@ -235,6 +320,7 @@ def plot(results, path: Path, args, seeds) -> None:
                     [p['n_labels'] for p in curve],
                     [p[key] * scale for p in curve],
                     color=colours[strategy],
+                    ls=styles.get(kind, '-'),
                     alpha=0.25,
                     lw=1,
                 )
@@ -243,10 +329,11 @@ def plot(results, path: Path, args, seeds) -> None:
                 values.mean(0),
                 yerr=values.std(0),
                 xerr=labels.std(0),
-                marker='o',
+                marker='s' if kind == 'committee_mean' else 'o',
+                ls=styles.get(kind, '-'),
                 capsize=3,
                 color=colours[strategy],
-                label=strategy,
+                label=name,
             )
     axes[0].axhline(1000 * args.threshold, color='grey', ls='--', lw=1, label='ε_thr')
     axes[0].set_ylabel('test force RMSE (meV/Å)')
@@ -309,11 +396,10 @@ def main() -> None:
     parser.add_argument('--threshold', type=float, default=0.03, help='ε_thr of forces, eV/Å')
     parser.add_argument(
         '--error',
-        choices=ERROR_KINDS,
         default=DEFAULT_ERROR_KIND,
-        help="the error the slope a relates δ to: the members' RMS, sqrt(ε² + δ²) (the package "
-        "default, calibration: {error: members}), or the committee mean's (the package default "
-        'before 2026-12-06)',
+        help="the error the slope a relates δ to: 'members' (their RMS error, sqrt(ε² + δ²)) or "
+        "'committee_mean' (the committee mean's); comma-separated, each calibrated strategy runs "
+        f'with every kind named (default: the package default, {DEFAULT_ERROR_KIND})',
     )
     parser.add_argument(
         '--pool', default='40,20,10,6', help='pool frames per cell at 300,800,1300,1800 K'
@@ -340,6 +426,12 @@ def main() -> None:
     unknown = set(args.strategies.split(',')) - set(STRATEGIES)
     if unknown:
         parser.error(f'unknown strategies {sorted(unknown)}; known: {list(STRATEGIES)}')
+    kinds = list(dict.fromkeys(args.error.split(',')))
+    if set(kinds) - set(ERROR_KINDS):
+        parser.error(
+            f'--error: unknown kinds {sorted(set(kinds) - set(ERROR_KINDS))}; '
+            f'known: {list(ERROR_KINDS)}'
+        )
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     reference = reference_random_curves(args, seeds) if args.reference else {}
     if reference:
@@ -349,17 +441,16 @@ def main() -> None:
     pool = md_frames(11, list(zip(TEMPERATURES, counts, strict=True)))
     test = md_frames(12, [(t, args.test) for t in TEMPERATURES])
     print(f'pool {len(pool)} frames, test {len(test)} frames ({time.perf_counter() - start:.0f} s)')
-    results: dict = {s: {} for s in strategies}
+    runs = variants(strategies, kinds)
+    results: dict = {variant_name(s, k, kinds): {} for s, k in runs}
     root = Path(tempfile.mkdtemp(prefix='trainspot-label-efficiency-'))
+    trained: dict = {}
     try:
         for seed in seeds:
             initial = np.random.default_rng(seed).permutation(len(pool))[: args.initial].tolist()
-            first_round = None
-            for strategy in strategies:
-                curve, first_round = run_strategy(
-                    strategy, seed, pool, test, initial, args, root, first_round
-                )
-                results[strategy][str(seed)] = curve
+            for strategy, kind in runs:
+                curve = run_strategy(strategy, kind, seed, pool, test, initial, args, root, trained)
+                results[variant_name(strategy, kind, kinds)][str(seed)] = curve
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if reference:
@@ -371,18 +462,34 @@ def main() -> None:
         'test_frames': len(test),
         'settings': vars(args),
         'seconds': round(time.perf_counter() - start, 1),
+        'committees_trained': len(trained),
         'summary': summary,
+        'test_rates': rate_summary(results),
         'results': results,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
     plot(results, Path(args.png), args, seeds)
-    for strategy, entry in summary.items():
+    for name, entry in summary.items():
         reached = [p['labels_to_random_final'] for p in entry['per_seed']]
         print(
-            f'{strategy:>12}: labels to reach random final force RMSE per seed {reached}, '
+            f'{name:>28}: labels to reach random final force RMSE per seed {reached}, '
             f'mean fraction {entry["mean_fraction_of_random_labels"]}'
         )
+    print('TPR / PPV of δ_F > τ on the test frames, mean (min-max) over seeds and rounds:')
+    for name, truths in report['test_rates'].items():
+        cells = []
+        for truth, entry in truths.items():
+            tpr, ppv = entry['tpr'], entry['ppv']
+            if tpr['mean'] is None or ppv['mean'] is None:
+                cells.append(f'{truth}: n/a')
+                continue
+            cells.append(
+                f'{truth}: {tpr["mean"]:.2f} ({tpr["min"]:.2f}-{tpr["max"]:.2f}) / '
+                f'{ppv["mean"]:.2f} ({ppv["min"]:.2f}-{ppv["max"]:.2f})'
+            )
+        print(f'{name:>28}: ' + '; '.join(cells))
+    print(f'{len(trained)} committees trained')
     print(f'wrote {args.json} and {args.png} in {report["seconds"]} s')
 
 

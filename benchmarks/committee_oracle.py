@@ -177,15 +177,17 @@ def load_committee(models: Sequence[Path]) -> list:
 
 
 def predict(calculators, frames, error: str = 'committee_mean') -> dict[str, np.ndarray]:
-    """Per-frame δ_F, ε_F (eV/Å), energy error per atom (eV) and per-component force errors.
+    """Per-frame δ_F and force errors (eV/Å), energy error per atom (eV), per-component errors.
 
-    Uses the package's committee inference and its disagreement/error definitions; ε_F is the
-    error ``error`` names (the package's ``calibration.error``: the committee mean's, or the RMS
-    over the members of each member's error). The energy and per-component force errors are
-    those of the committee mean.
+    Uses the package's committee inference and its disagreement/error definitions. ``eps_forces``
+    is the error ``error`` names (the package's ``calibration.error``: the committee mean's, or
+    the RMS over the members of each member's error, which holds δ). The two truths the criterion
+    is scored against hold no δ: ``eps_forces_committee_mean`` (F,), the committee mean's error,
+    and ``eps_forces_each_member`` (M, F), each member's own error. The energy and per-component
+    force errors are those of the committee mean.
     """
     from aiida_trainspot.data.convert import columns_from_atoms
-    from aiida_trainspot.evaluation.disagreement import errors_of
+    from aiida_trainspot.evaluation.disagreement import CommitteePredictions, errors_of, true_errors
     from aiida_trainspot.evaluation.inference import (
         predict_committee,
         prediction_columns,
@@ -194,13 +196,64 @@ def predict(calculators, frames, error: str = 'committee_mean') -> dict[str, np.
 
     columns = columns_from_atoms(frames)
     predictions = predict_committee(list(calculators), columns)
-    out = prediction_columns(predictions, reference_labels(columns))
+    labels = reference_labels(columns)
+    out = prediction_columns(predictions, labels)
     force_errors = np.asarray(out.atom['forces_mean']) - np.asarray(columns.atom['forces'])
     delta = np.asarray(out.frame['delta_forces'], dtype=float)
-    eps = errors_of(error, {'forces': delta}, {'forces': out.frame['eps_forces']})['forces']
+    mean_error = np.asarray(out.frame['eps_forces'], dtype=float)
+    eps = errors_of(error, {'forces': delta}, {'forces': mean_error})['forces']
+    each_member = np.stack(
+        [
+            true_errors(
+                CommitteePredictions(
+                    n_atoms=predictions.n_atoms,
+                    energy=predictions.energy[m : m + 1],
+                    forces=predictions.forces[m : m + 1],
+                ),
+                labels,
+            ).forces
+            for m in range(predictions.n_members)
+        ]
+    )
     return {
         'delta_forces': delta,
         'eps_forces': eps,
+        'eps_forces_committee_mean': mean_error,
+        'eps_forces_each_member': each_member,
         'eps_energy': np.asarray(out.frame['eps_energy'], dtype=float),
         'force_errors': force_errors.ravel(),
+    }
+
+
+#: The truths the criterion δ_F > τ is scored against, neither of which contains δ: the committee
+#: mean's force error (what a user deploys) and a single member's (what drives the exploration's
+#: MD: the package draws the member at random, so every member's own error counts, pooled).
+TRUTHS = ('committee_mean', 'member')
+
+
+def truth_pairs(result: dict, truth: str) -> tuple[np.ndarray, np.ndarray]:
+    """(δ_F, ε_F) pairs of a truth (:data:`TRUTHS`) from :func:`predict`'s ``result``.
+
+    For ``'member'`` every (frame, member) pair is one case, δ_F the frame's committee
+    disagreement and ε_F that member's own error: rates over these pairs are those of a member
+    drawn at random, as the exploration draws one.
+    """
+    delta = np.asarray(result['delta_forces'], dtype=float)
+    if truth == 'committee_mean':
+        return delta, np.asarray(result['eps_forces_committee_mean'], dtype=float)
+    if truth == 'member':
+        each = np.asarray(result['eps_forces_each_member'], dtype=float)
+        return np.tile(delta, each.shape[0]), each.ravel()
+    raise ValueError(f'unknown truth {truth!r}; known: {TRUTHS}')
+
+
+def concatenate_results(*results: dict) -> dict:
+    """:func:`predict` results of several frame sets as one (frames in the given order)."""
+    return {
+        key: np.concatenate([r[key] for r in results], axis=-1)
+        for key in ('delta_forces', 'eps_forces', 'eps_forces_committee_mean')
+    } | {
+        'eps_forces_each_member': np.concatenate(
+            [r['eps_forces_each_member'] for r in results], axis=1
+        )
     }

@@ -95,9 +95,9 @@ def test_evaluation_benchmark_smoke(tmp_path):
     assert 'inference b=2' in out
 
 
-#: members of different form, calibrated against the committee mean's error (the default is the
-#: members' errors, so the two cases cover both kinds)
-VARIED_MEMBERS = ('--vary-architecture', '--error', 'committee_mean')
+#: members of different form, calibrated against the members' RMS error (the default is the
+#: committee mean's error, so the two cases cover both kinds)
+VARIED_MEMBERS = ('--vary-architecture', '--error', 'members')
 
 
 @pytest.mark.slow
@@ -118,7 +118,7 @@ def test_calibration_benchmark_smoke(tmp_path, options, n_calibration):
         cwd=tmp_path,
     )
     report = json.loads((tmp_path / 'c.json').read_text())
-    assert report['settings']['error'] == ('committee_mean' if options else 'members')
+    assert report['settings']['error'] == ('members' if options else 'committee_mean')
     (iteration,) = report['iterations']
     # the slope is fitted on the held-out fifth, or on every labelled frame plus the extra ones
     assert iteration['n_calibration'] == n_calibration
@@ -161,7 +161,33 @@ def test_calibration_benchmark_smoke(tmp_path, options, n_calibration):
     # a member's RMS error holds the spread δ (stored to 1e-6), the committee mean's need not
     if report['settings']['error'] == 'members':
         assert all(e >= d - 1e-6 for e, d in zip(eps, committee['test_delta_forces'], strict=True))
+    # like for like: both kinds fitted on the same frames, whatever --error is, and scored against
+    # the same truths: the positives (TP + FN) of a truth are the same for either fit
+    study = committee['like_for_like']
+    assert set(study['fits']) == {'members', 'committee_mean'}
+    assert all(fit['slope'] > 0 for fit in study['fits'].values())
+    sizes = {'in-distribution': report['test_frames'], 'exploration': n_explored}
+    for truth, cases_per_frame in (('committee_mean', 1), ('member', 2)):
+        for name, n_frames in sizes.items():
+            rows = [study['fits'][kind]['rates'][truth][name] for kind in study['fits']]
+            for by_members, by_mean in zip(*rows, strict=True):
+                assert by_members['tp'] + by_members['fn'] == by_mean['tp'] + by_mean['fn']
+                total = sum(by_mean[k] for k in ('tp', 'fp', 'fn', 'tn'))
+                assert total == cases_per_frame * n_frames  # 2 members: 2 cases per frame
+    # the committee mean's truth is the committee mean's error the legacy block scores
+    if report['settings']['error'] == 'committee_mean':
+        mean_rows = study['fits']['committee_mean']['rates']['committee_mean']['in-distribution']
+        assert [r['tp'] for r in mean_rows] == [r['tp'] for r in committee['rates']]
+    summary = report['like_for_like']
+    for truth in ('committee_mean', 'member'):
+        ceiling = summary[truth]['ceiling']['bands']
+        for kind in ('members', 'committee_mean'):
+            entry = summary[truth][kind]
+            assert entry['cases'] == 2 * n_thresholds
+            for band, best in zip(entry['bands'], ceiling, strict=True):
+                assert band['both_at_target'] <= best['both_at_target']
     assert_png(tmp_path / 'c.png')
+    assert_png(tmp_path / 'c_truths.png')
 
 
 def test_best_threshold_is_the_ceiling_of_any_slope():
@@ -247,27 +273,90 @@ def test_calibrated_top_takes_the_candidates_furthest_above_tau():
 def test_label_efficiency_benchmark_smoke(tmp_path):
     run_script(
         'bench_label_efficiency.py',
-        *('--smoke', '--strategies', 'calibrated-top'),
+        *('--smoke', '--strategies', 'calibrated-top', '--error', 'members,committee_mean'),
         *('--json', str(tmp_path / 'l.json'), '--png', str(tmp_path / 'l.png')),
         cwd=tmp_path,
     )
     report = json.loads((tmp_path / 'l.json').read_text())
-    # random is always run: the summary measures every strategy against it
-    assert set(report['results']) == {'calibrated-top', 'random'}
+    # random is always run: the summary measures every strategy against it; each calibrated
+    # strategy runs once per error kind
+    names = {'calibrated-top:members', 'calibrated-top:committee_mean', 'random'}
+    assert set(report['results']) == names
     batch = report['settings']['batch']
-    for strategy, curves in report['results'].items():
+    for name, curves in report['results'].items():
         curve = curves['0']
         assert curve[0]['n_labels'] == report['settings']['initial']
-        # fitted to the members' errors (the default), which δ never exceeds: slope at most one
-        assert all(0 < point['slope'] <= 1 for point in curve)
+        if curve[0]['error'] == 'members':
+            # fitted to the members' errors, which δ never exceeds: slope at most one
+            assert all(0 < point['slope'] <= 1 for point in curve)
+        for point in curve:  # scored against the same truths, whatever the fitted kind
+            assert set(point['test_rates']) == {'committee_mean', 'member'}
         for before, after in itertools.pairwise(curve):
             added = after['n_labels'] - before['n_labels']
-            if strategy == 'random':
+            if name == 'random':
                 assert added == batch
             else:  # every candidate above τ up to the batch
                 assert added == min(batch, before['n_candidates']) > 0
-    assert set(report['summary']) == {'calibrated-top', 'random'}
+    # the kinds share the seed's first committee: the same test force RMSE at the start
+    starts = {curves['0'][0]['force_rmse'] for curves in report['results'].values()}
+    assert len(starts) == 1
+    # one committee per run and later round at most: the first one is trained once for all
+    assert report['committees_trained'] <= 1 + len(names) * report['settings']['rounds']
+    assert set(report['summary']) == set(report['test_rates']) == names
     assert_png(tmp_path / 'l.png')
+
+
+def test_label_efficiency_runs_calibrated_strategies_per_error_kind():
+    from bench_label_efficiency import rate_summary, variant_name, variants
+
+    kinds = ['members', 'committee_mean']
+    runs = variants(['calibrated', 'random', 'calibrated-top'], kinds)
+    assert runs == [
+        ('calibrated', 'members'),
+        ('calibrated', 'committee_mean'),
+        ('random', 'members'),
+        ('calibrated-top', 'members'),
+        ('calibrated-top', 'committee_mean'),
+    ]
+    assert variant_name('calibrated', 'committee_mean', kinds) == 'calibrated:committee_mean'
+    assert variant_name('random', 'members', kinds) == 'random'
+    # one kind: the strategy's own name, as in the reports of earlier runs
+    assert variant_name('calibrated', 'members', ['members']) == 'calibrated'
+    rates = {'committee_mean': {'tpr': 1.0, 'ppv': 0.5}, 'member': {'tpr': None, 'ppv': 0.25}}
+    curve = [{'test_rates': rates}, {'test_rates': rates | {'member': {'tpr': 0.5, 'ppv': 0.75}}}]
+    summary = rate_summary({'calibrated': {'0': curve}, 'random': {'0': [{'n_labels': 10}]}})
+    member = summary['calibrated']['member']
+    assert member['tpr'] == {'mean': 0.5, 'min': 0.5, 'max': 0.5, 'undefined': 1}
+    assert member['ppv']['mean'] == pytest.approx(0.5)
+    assert summary['random']['member']['tpr']['mean'] is None  # an earlier report's curve
+
+
+def test_truths_hold_no_disagreement():
+    """The members' RMS error holds δ; the two truths are each member's and the mean's error."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.lj import LennardJones
+    from committee_oracle import concatenate_results, md_frames, predict, truth_pairs
+
+    frames = md_frames(5, [(300.0, 1)])
+    members = [EMT(), LennardJones(sigma=2.3, epsilon=0.4, rc=5.0)]
+    result = predict(members, frames, 'members')
+    mean_error = predict(members, frames)['eps_forces']
+    delta, each = result['delta_forces'], result['eps_forces_each_member']
+    assert each.shape == (2, len(frames))
+    assert result['eps_forces_committee_mean'] == pytest.approx(mean_error)
+    # bias-variance: the mean over members of a member's squared error is ε² + δ²
+    assert np.mean(each**2, axis=0) == pytest.approx(mean_error**2 + delta**2)
+    assert result['eps_forces'] == pytest.approx(np.hypot(mean_error, delta))
+    # EMT is the oracle: member 0 has no error, so it is no proxy for the members' RMS
+    assert each[0] == pytest.approx(0.0, abs=1e-9)
+    pair_delta, pair_eps = truth_pairs(result, 'member')
+    assert pair_delta.tolist() == [*delta, *delta] and pair_eps.tolist() == [*each[0], *each[1]]
+    assert truth_pairs(result, 'committee_mean')[1] == pytest.approx(mean_error)
+    with pytest.raises(ValueError, match='unknown truth'):
+        truth_pairs(result, 'members')
+    both = concatenate_results(result, result)
+    assert both['eps_forces_each_member'].shape == (2, 2 * len(frames))
+    assert both['delta_forces'].tolist() == [*delta, *delta]
 
 
 def test_reference_curves_need_the_same_settings(tmp_path):

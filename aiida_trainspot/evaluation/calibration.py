@@ -12,8 +12,9 @@ Whose error ε is (``error``): ``'committee_mean'``, the error of the committee'
 prediction, as passed in (the default of these functions); or ``'members'``, the RMS over the
 members of each member's error, :math:`\sqrt{\varepsilon^2 + \delta^2}` (exact, see
 :mod:`.disagreement`), the error of the one member that drives an exploration's MD and the one
-the paper's reference code fits. A campaign's calibration settings default to ``'members'``
-(``DEFAULT_ERROR_KIND`` of :mod:`.disagreement`): it calibrated better in every benchmark run.
+the paper's reference code fits. A campaign's calibration settings default to
+``'committee_mean'`` (``DEFAULT_ERROR_KIND`` of :mod:`.disagreement`): scored like for like
+against the same independent truths it flags frames as well and costs fewer labels.
 Since a member's squared error holds the spread δ², δ can never exceed it: a large disagreement
 always means a large member error, while the committee mean may still be right.
 

@@ -156,7 +156,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             ),
             help='Calibration settings: method (least_squares, median_ratio, huber), min_points, '
             'splits (the held-out splits fitted on; all labelled frames while too few), error '
-            "(members: each member's RMS error, the default; committee_mean: the mean's error).",
+            "(committee_mean: the mean's error, the default; members: each member's RMS error).",
         )
         spec.input(
             'selection',

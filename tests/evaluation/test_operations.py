@@ -55,7 +55,7 @@ def test_calibration_recovers_slopes_with_provenance():
 def test_calibration_against_member_errors_fits_and_scores_them():
     dataset = evaluated_dataset()
     thresholds = orm.Dict({'energy': 1e-3, 'forces': 0.1})
-    outputs = calibrate_committee(dataset, thresholds, orm.Dict({}))  # the default: members
+    outputs = calibrate_committee(dataset, thresholds, orm.Dict({'error': 'members'}))
     calibration = Calibration.from_dict(outputs['calibration'].get_dict())
     assert calibration.error == 'members'
     delta = dataset.get_column('delta_forces')[0]

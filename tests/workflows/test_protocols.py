@@ -33,7 +33,7 @@ def test_every_protocol_builds_a_valid_builder(protocol, loop_codes, tersoff_fil
     size = {'fast': 3, 'moderate': 4, 'precise': 8}[protocol]
     assert inputs.training.committee_size.value == size
     assert inputs.error_thresholds.get_dict()['forces'] == (0.2 if protocol == 'fast' else 0.1)
-    assert inputs.calibration.get_dict()['error'] == 'members'
+    assert inputs.calibration.get_dict()['error'] == 'committee_mean'
 
 
 def test_overrides_merge(loop_codes, tersoff_file):
@@ -213,8 +213,8 @@ def test_pw_engine_and_bad_codes(loop_codes, pw_code, mtt_code, tersoff_file):
     assert isinstance(builder.structures, orm.Data)
 
 
-def test_calibration_port_defaults_to_the_members_errors():
-    """Without a protocol the work chain fits δ to the members' errors, like the protocols."""
+def test_calibration_port_defaults_to_the_committee_mean_error():
+    """Without a protocol the work chain fits δ to the committee mean's error, as protocols do."""
     default = TrainsPotWorkChain.spec().inputs['calibration'].default().get_dict()
-    assert default['error'] == DEFAULT_ERROR_KIND == 'members'
+    assert default['error'] == DEFAULT_ERROR_KIND == 'committee_mean'
     assert default['splits'] == ['validation', 'test']
