@@ -234,13 +234,82 @@ def status_table(node: Any) -> str:
     lines = [f'TrainsPotWorkChain<{node.pk}> {state}']
     if not rows:
         return '\n'.join([*lines, 'no iteration finished yet'])
+    lines.extend(_text_table(rows))
+    lines.append(
+        "rmse_e: meV/atom, rmse_f: meV/Angstrom (committee mean, on that iteration's validation "
+        'frames: a set that grows and hardens with the exploration; `status --learning-curve` '
+        'scores every committee on the same frames)'
+    )
+    return '\n'.join(lines)
+
+
+def _text_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Right-aligned text lines of rows that share their keys (the header first)."""
     header = list(rows[0])
     table = [[_cell(row[key]) for key in header] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
-    lines.append('  '.join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    lines = ['  '.join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
     lines.extend('  '.join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in table)
-    lines.append('rmse_e: meV/atom, rmse_f: meV/Angstrom (validation, committee mean)')
-    return '\n'.join(lines)
+    return lines
+
+
+def held_out_frames(node: Any) -> tuple[Any, Any]:
+    """(the run's labelled dataset, indices of its validation and test frames)."""
+    import numpy as np
+
+    dataset = node.outputs.dataset if 'dataset' in node.outputs else None
+    dataset = dataset or last_checkpoint(node, 'dataset')
+    if dataset is None:
+        raise click.ClickException(f'run {node.pk} has no labelled dataset (yet)')
+    held_out = np.union1d(dataset.split_indices('validation'), dataset.split_indices('test'))
+    return dataset, held_out
+
+
+def learning_curve_table(node: Any) -> str:
+    """Every iteration's committee scored on the run's final validation and test frames.
+
+    No committee trained on these frames (splits are sticky), so the rows compare: they show
+    whether the campaign learned, which the per-iteration validation RMSE cannot (its frames
+    change with each iteration).
+    """
+    from aiida_trainspot.evaluation.learning_curve import held_out_curve
+    from aiida_trainspot.workflows.trainspot import iteration_checkpoints
+
+    iterations = iteration_checkpoints(node).get('iterations', {})
+    models = {
+        int(key.rsplit('_', 1)[1]): dict(stage['models'])
+        for key, stage in iterations.items()
+        if 'models' in stage
+    }
+    if not models:
+        raise click.ClickException(f'run {node.pk} has trained no committee yet')
+    dataset, held_out = held_out_frames(node)
+    if held_out.size == 0:
+        raise click.ClickException(f'run {node.pk} has no validation or test frame to score on')
+    with contextlib.ExitStack() as stack:
+        committees = {
+            iteration: [stack.enter_context(m.calculator()) for _, m in sorted(members.items())]
+            for iteration, members in models.items()
+        }
+        points = held_out_curve(committees, dataset.get_columns(frames=held_out))
+    rows = [
+        {
+            'iteration': p.iteration,
+            'frames': p.n_frames,
+            'rmse_e': p.energy,
+            'rmse_f': p.forces,
+            'rmse_s': p.stress,
+        }
+        for p in points
+    ]
+    return '\n'.join(
+        [
+            f'learning curve: each committee on the same {held_out.size} held-out frames (the '
+            'final validation and test splits, which no committee trained on)',
+            *_text_table(rows),
+            'rmse_e: meV/atom, rmse_f: meV/Angstrom, rmse_s: meV/Angstrom^3 (committee mean)',
+        ]
+    )
 
 
 def write_plots(node: Any, out: Path) -> list[Path]:
@@ -320,9 +389,18 @@ def run(config_file: Path, daemon: bool, dry_run: bool) -> None:
 
 @click.command('status')
 @click.argument('identifier', metavar='PK')
-def status(identifier: str) -> None:
+@click.option(
+    '--learning-curve',
+    is_flag=True,
+    help="Also score every iteration's committee on the same held-out frames (the run's "
+    'validation and test splits; loads every committee).',
+)
+def status(identifier: str, learning_curve: bool) -> None:
     """One row per iteration of a run (works while it runs)."""
-    click.echo(status_table(load_run(identifier)))
+    node = load_run(identifier)
+    click.echo(status_table(node))
+    if learning_curve:
+        click.echo(learning_curve_table(node))
 
 
 @click.command('plot')
@@ -376,6 +454,8 @@ def example(name: str, out: Path | None) -> None:
     click.echo(ensure_pseudo_family(config['pseudo_family'], ('C',), '/usr/share/espresso/pseudo'))
     node = run_foreground(build(config))
     click.echo(status_table(node))
+    if node.is_finished_ok:
+        click.echo(learning_curve_table(node))
     out = out or EXAMPLES / name / 'results'
     for path in write_plots(node, out / 'plots'):
         click.echo(f'plot: {path}')

@@ -15,6 +15,8 @@ import), so that it can be tested on synthetic committees and run anywhere:
 - :mod:`.selection`: candidates (:math:`\\delta_\\alpha > \\tau_\\alpha` for any property),
   rejection of untrusted (unphysical) frames, thinning of near-duplicates from the same run
   and a seeded random choice of at most ``max_selected`` frames.
+- :mod:`.learning_curve`: every iteration's committee scored on the same held-out frames, the
+  learning curve whose points compare (the per-iteration validation frames change).
 
 Data layout (that of :mod:`aiida_trainspot.data.columns`): frames of different sizes; per-frame
 arrays have a leading dimension ``F``; per-atom arrays are concatenated over frames, ``n_atoms``

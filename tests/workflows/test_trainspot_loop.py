@@ -76,7 +76,7 @@ def run_config(tmp_path, codes, seed=3):
     """The YAML of `aiida-trainspot run` for the fast Tersoff campaign of these tests.
 
     It leaves the calibration to the protocol, so the campaign tests check its default (the
-    members' errors) end to end; the calcfunction tests cover the committee mean's.
+    committee mean's error) end to end; the calcfunction tests cover the members'.
     """
     for index, atoms in enumerate(carbon_structures()):
         write(tmp_path / f'structure-{index}.xyz', atoms, format='extxyz')
@@ -248,6 +248,18 @@ def test_cli_status_plot_export(fast_loop, tmp_path):
     lines = status.output.splitlines()
     assert lines[0].startswith(f'TrainsPotWorkChain<{node.pk}> finished [0]')
     assert len([line for line in lines if line.strip().startswith(('1 ', '2 '))]) == 2
+    # the learning curve: each iteration's committee on the final validation and test frames
+    curve = runner.invoke(cli, ['status', str(node.pk), '--learning-curve'])
+    assert curve.exit_code == 0, curve.output
+    lines = curve.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('learning curve'))
+    dataset = results['dataset']
+    held_out = len(dataset.split_indices('validation')) + len(dataset.split_indices('test'))
+    assert f'the same {held_out} held-out frames' in lines[start]
+    header, *rows = lines[start + 1 : start + 4]
+    assert header.split() == ['iteration', 'frames', 'rmse_e', 'rmse_f', 'rmse_s']
+    assert [row.split()[:2] for row in rows] == [['1', str(held_out)], ['2', str(held_out)]]
+    assert all(float(value) > 0 for row in rows for value in row.split()[2:4])
     plot = runner.invoke(cli, ['plot', str(node.pk), '--out', str(tmp_path / 'plots')])
     assert plot.exit_code == 0, plot.output
     names = sorted(p.name for p in (tmp_path / 'plots').glob('*.png'))
