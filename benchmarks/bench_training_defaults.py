@@ -111,9 +111,15 @@ def protocol_architecture(protocol: str, engine: str = 'mace') -> dict:
     return recursive_merge(merged, extra)
 
 
-def write_set(frames: list, path: Path) -> None:
-    """An extended XYZ under the ``REF_`` keys MACE reads."""
+def write_set(frames: list, path: Path, cutoff: float, weigh_2d_stress: bool = True) -> None:
+    """An extended XYZ under the ``REF_`` keys MACE reads, 2D stresses as the package writes them.
+
+    As ``write_mace_xyz``: a 2D frame's stress label scaled to MACE's cell and, unless
+    ``weigh_2d_stress`` is false (the package before 2026-12-07), its stress weight.
+    """
     from ase.io import write
+
+    from aiida_trainspot.training.mace import config as mace_config
 
     with open(path, 'w') as handle:
         for atoms in frames:
@@ -122,17 +128,32 @@ def write_set(frames: list, path: Path) -> None:
             copy.info['REF_energy'] = float(results['energy'])
             copy.arrays['REF_forces'] = np.asarray(results['forces'])
             if 'stress' in results:
-                copy.info['REF_stress'] = np.asarray(results['stress'], dtype=float)
+                stress = np.asarray(results['stress'], dtype=float)
+                if not atoms.pbc.all():
+                    frame = (atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+                    stress = mace_config.mace_stress_label(stress, *frame)
+                    if weigh_2d_stress:
+                        weight = mace_config.mace_stress_weight(*frame)
+                        copy.info[mace_config.STRESS_WEIGHT_KEY] = weight
+                copy.info['REF_stress'] = stress
             write(handle, copy, format='extxyz')
 
 
-def train(folder: Path, train_set: list, valid_set: list, options: dict, seed: int) -> Path:
+def train(
+    folder: Path,
+    train_set: list,
+    valid_set: list,
+    options: dict,
+    seed: int,
+    weigh_2d_stress: bool = True,
+) -> Path:
     """``mace_run_train`` with the package's configuration plus ``options``; the model file."""
     from aiida_trainspot.training.mace import config as mace_config
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_set(train_set, folder / 'train.xyz')
-    write_set(valid_set, folder / 'valid.xyz')
+    cutoff = float(options.get('r_max', mace_config.DEFAULTS['r_max']))
+    write_set(train_set, folder / 'train.xyz', cutoff, weigh_2d_stress)
+    write_set(valid_set, folder / 'valid.xyz', cutoff, weigh_2d_stress)
     isolated = mace_config.isolated_atom_energies(
         (a.numbers, a.pbc, a.calc.results['energy']) for a in train_set
     )
@@ -201,21 +222,25 @@ def errors(model: Path, test: list, engine: str = 'mace') -> dict[str, float]:
     calculator = load_calculator(
         engine, model, dtype='float64', extensions_dir=extensions if extensions.is_dir() else None
     )
-    de, df, ds = [], [], []
+    de, df, ds, ds_2d = [], [], [], []
     for atoms in test:
         reference = atoms.calc.results
         copy = atoms.copy()
         copy.calc = calculator
         de.append((copy.get_potential_energy() - reference['energy']) / len(atoms))
         df.append((copy.get_forces() - reference['forces']).ravel())
-        if 'stress' in reference and atoms.pbc.all():
-            ds.append(copy.get_stress(voigt=True) - np.asarray(reference['stress']).ravel()[:6])
+        if 'stress' in reference and atoms.pbc.any():
+            error = copy.get_stress(voigt=True) - np.asarray(reference['stress']).ravel()[:6]
+            (ds if atoms.pbc.all() else ds_2d).append(error)
     out = {
         'energy': 1000 * float(np.sqrt(np.mean(np.square(de)))),
         'forces': 1000 * float(np.sqrt(np.mean(np.square(np.concatenate(df))))),
     }
     if ds:
         out['stress'] = 1000 * float(np.sqrt(np.mean(np.square(np.concatenate(ds)))))
+    if ds_2d:  # the in-plane components over the frame's own volume, as the dataset has them
+        in_plane = np.concatenate([e[[0, 1, 5]] for e in ds_2d])
+        out['stress_2d'] = 1000 * float(np.sqrt(np.mean(np.square(in_plane))))
     return out
 
 
@@ -236,6 +261,11 @@ def main() -> None:
     parser.add_argument('--protocol', default='fast')
     parser.add_argument('--engine', default='mace', choices=['mace', 'metatrain'])
     parser.add_argument('--json', default=None)
+    parser.add_argument(
+        '--no-2d-stress-weight',
+        action='store_true',
+        help="2D frames' stress unweighted in MACE's loss, as the package before 2026-12-07",
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(',')]
     recipes = args.recipes.split(',')
@@ -267,20 +297,26 @@ def main() -> None:
                     model = train_metatrain(folder, train_set, valid_set, architecture, seed)
                 else:
                     options = {**architecture, **RECIPES[recipe]}
-                    model = train(folder, train_set, valid_set, options, seed)
+                    model = train(
+                        folder, train_set, valid_set, options, seed, not args.no_2d_stress_weight
+                    )
                 row = {'recipe': recipe, 'seed': seed, 'constant_energy': baseline}
                 row.update(errors(model, test, args.engine))
                 results['runs'].append(row)
                 print(json.dumps(row), flush=True)
     results['wall_s'] = time.time() - start
     print(f'\n{args.dataset}: {len(seeds)} seeds, {time.time() - start:.0f} s')
-    print(f'{"recipe":22s} {"E meV/atom":>11s} {"F meV/Å":>9s} {"S meV/Å³":>9s}')
+    print(f'{"recipe":22s} {"E meV/atom":>11s} {"F meV/Å":>9s} {"S meV/Å³":>9s} {"S 2D":>9s}')
     for recipe in recipes:
         rows = [r for r in results['runs'] if r['recipe'] == recipe]
         mean = {
-            k: np.mean([r.get(k, np.nan) for r in rows]) for k in ('energy', 'forces', 'stress')
+            k: np.nanmean([r.get(k, np.nan) for r in rows])
+            for k in ('energy', 'forces', 'stress', 'stress_2d')
         }
-        print(f'{recipe:22s} {mean["energy"]:11.1f} {mean["forces"]:9.1f} {mean["stress"]:9.2f}')
+        print(
+            f'{recipe:22s} {mean["energy"]:11.1f} {mean["forces"]:9.1f} {mean["stress"]:9.2f}'
+            f' {mean["stress_2d"]:9.2f}'
+        )
     constant = np.mean([r['constant_energy'] for r in results['runs']])
     print(f'{"(constant energy)":22s} {constant:11.1f}')
     if args.json:

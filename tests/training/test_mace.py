@@ -312,7 +312,8 @@ def test_job_folder(labelled_carbon_frames, mace_code, tmp_path, monkeypatch):
 
 
 def test_2d_stress_is_written_as_mace_needs_it(labelled_carbon_frames, mace_code, tmp_path):
-    """MACE divides a 2D frame's virial by its own, lengthened cell: the label is scaled to it.
+    """MACE divides a 2D frame's virial by its own, lengthened cell: the label is scaled to it,
+    and its stress weight undoes the scale in the loss.
 
     Read back through MACE's own data pipeline, the virial MACE trains on (its stress label
     times the volume of the graph's cell) is the dataset's stress times the frame's volume,
@@ -360,6 +361,10 @@ def test_2d_stress_is_written_as_mace_needs_it(labelled_carbon_frames, mace_code
             trained = graph.stress.numpy().reshape(3, 3) * volume
             own = source.get_stress(voigt=False) * source.cell.volume
             np.testing.assert_allclose(trained, own, rtol=1e-7, atol=1e-10)
+            # MACE's loss weighs the squared stress error by the frame's stress weight; times the
+            # square of the label's scale it is one: a 2D frame's error counts as a bulk one's
+            scale = abs(source.cell.volume) / volume
+            assert float(graph.stress_weight) * scale**2 == pytest.approx(1.0, rel=1e-9)
     # the layer's label was scaled (MACE's cell is longer along the vacuum); bulk ones were not
     assert written[-1].info['REF_stress'][0] / label[0] < 0.5
     np.testing.assert_allclose(

@@ -166,7 +166,9 @@ def write_mace_xyz(dataset: Any, path: str, cutoff: float) -> None:
 
     MACE divides a 2D frame's virial by the volume of a cell it lengthened along the vacuum
     (:func:`.config.mace_stress_label`), so the label is rescaled to that volume: the virial
-    MACE learns is then the one of the dataset's stress over the frame's own volume.
+    MACE learns is then the one of the dataset's stress over the frame's own volume. The frame's
+    ``config_stress_weight`` (:func:`.config.mace_stress_weight`) undoes the same rescaling in
+    the loss, so that its stress is trained as much as a 3D frame's.
     """
     from ase.io import write
 
@@ -175,9 +177,9 @@ def write_mace_xyz(dataset: Any, path: str, cutoff: float) -> None:
         for atoms in dataset.iter_atoms(label_keys=LABEL_KEYS):
             value = atoms.info.get(key)
             if value is not None and not atoms.pbc.all():
-                atoms.info[key] = mace_config.mace_stress_label(
-                    value, atoms.positions, atoms.cell.array, atoms.pbc, cutoff
-                )
+                frame = (atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+                atoms.info[key] = mace_config.mace_stress_label(value, *frame)
+                atoms.info[mace_config.STRESS_WEIGHT_KEY] = mace_config.mace_stress_weight(*frame)
             write(handle, atoms, format='extxyz')
 
 

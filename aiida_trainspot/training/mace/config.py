@@ -40,6 +40,8 @@ RESULTS_DIR = 'results'
 LOG_DIR = 'logs'
 DOWNLOADS_DIR = 'downloads'
 LABEL_KEYS = {'energy_key': 'REF_energy', 'forces_key': 'REF_forces', 'stress_key': 'REF_stress'}
+#: The per-frame stress weight MACE reads from a frame's ``info`` (:func:`mace_stress_weight`).
+STRESS_WEIGHT_KEY = 'config_stress_weight'
 
 #: Loss weights of energy (per atom, eV), forces (eV/Å) and stress (eV/Å³), chosen by
 #: measurement (``benchmarks/bench_training_defaults.py``, docs/benchmarks.md). MACE's own 1 /
@@ -355,6 +357,22 @@ def mace_stress_label(stress: Any, positions: Any, cell: Any, pbc: Any, cutoff: 
     own = abs(float(np.linalg.det(np.asarray(cell, dtype=float).reshape(3, 3))))
     used = mace_stress_volume(positions, cell, pbc, cutoff)
     return np.asarray(stress, dtype=float) * (own / used)
+
+
+def mace_stress_weight(positions: Any, cell: Any, pbc: Any, cutoff: float) -> float:
+    """MACE's ``config_stress_weight`` of a frame: its stress error counts as a 3D frame's.
+
+    A 2D frame's label is scaled by V / V_MACE (:func:`mace_stress_label`, V_MACE of
+    :func:`mace_stress_volume`), and so is MACE's error on it; squared in the loss, that error
+    would weigh (V / V_MACE)², about 1/200 for a graphene sheet in 12 Å of vacuum, and the
+    in-plane stress of 2D frames would barely be trained (a tiny carbon model's stress on its
+    own stretched graphene frames came out twice the label). The weight (V_MACE / V)² makes the
+    loss that of the dataset's stress. 1 for fully periodic frames.
+    """
+    if np.all(pbc):
+        return 1.0
+    own = abs(float(np.linalg.det(np.asarray(cell, dtype=float).reshape(3, 3))))
+    return (mace_stress_volume(positions, cell, pbc, cutoff) / own) ** 2
 
 
 # --------------------------------------------------------------------------- results
