@@ -614,7 +614,7 @@ def _draw_on_axes(
             facecolors='none',
             edgecolors='0.2',
             lw=1.0,
-            label=f'{total} frames with ε or δ ≈ 0, on the axes'
+            label=f'{total} frame{"s" if total != 1 else ""} with ε or δ ≈ 0, on the axes'
             + (f'\n({corner} with both, on one another in the corner)' if corner > 1 else ''),
         )
     return total

@@ -73,7 +73,9 @@ def test_calibration_against_member_errors_fits_and_scores_them():
     reused = calibrate_committee(two_frames, thresholds, mean_settings, previous=previous)
     assert reused['calibration']['reused_previous'] == {'forces': True}
     with pytest.raises(ValueError, match='no property'):  # a mean-error slope is not lent
-        calibrate_committee(two_frames, thresholds, orm.Dict({}), previous=previous)
+        calibrate_committee(
+            two_frames, thresholds, orm.Dict({'error': 'members'}), previous=previous
+        )
 
 
 def test_selection_caps_seeds_and_rejects_unphysical():
