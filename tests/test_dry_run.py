@@ -21,6 +21,7 @@ from aiida_trainspot.cli.campaign import build, read_run_config
 from aiida_trainspot.cli.dry_run import validate_builder
 from aiida_trainspot.data import PESData
 from aiida_trainspot.data.convert import write_labelled_extxyz
+from aiida_trainspot.exploration.plan import DEFAULT_PROTOCOL
 from aiida_trainspot.labelling.pseudos import create_pseudo_family
 from aiida_trainspot.workflows.inputs import campaign_species
 
@@ -81,6 +82,9 @@ def test_dry_run_of_every_example(example_codes, path):
     assert f'{size} members' in result.output
     assert f'max_iterations   {builder.max_iterations.value}' in result.output
     assert f'{builder.exploration.n_structures.value} per iteration' in result.output
+    md = {**DEFAULT_PROTOCOL, **builder.exploration.protocol.get_dict()}
+    assert f'FIRE, at most {md["relax_steps"]} steps' in result.output
+    assert f'{md["thermalisation_steps"]} thermalisation (never sampled)' in result.output
     for code in (builder.labelling.qe.code, builder.training.code, builder.exploration.code):
         assert code.full_label in result.output
     assert 'Traceback' not in result.output

@@ -287,6 +287,9 @@ def learning_curve_table(node: Any) -> str:
     if held_out.size == 0:
         raise click.ClickException(f'run {node.pk} has no validation or test frame to score on')
     with contextlib.ExitStack() as stack:
+        # MACE sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD itself and torch then warns at every load
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings('ignore', 'Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD')
         committees = {
             iteration: [stack.enter_context(m.calculator()) for _, m in sorted(members.items())]
             for iteration, members in models.items()

@@ -241,9 +241,16 @@ def _exploration(inputs: Mapping[str, Any]) -> list[str]:
         ('temperatures', _range(protocol, 'temperatures', 'temperature_range', 'K')),
         ('pressures', _range(protocol, 'pressures_kbar', 'pressure_range_kbar', 'kbar')),
         (
+            'relaxation',
+            f'FIRE, at most {protocol["relax_steps"]} steps to {_fmt(protocol["relax_fmax"])} '
+            'eV/Å, cell fixed'
+            if protocol['relax_steps']
+            else 'none',
+        ),
+        (
             'steps',
-            f'{protocol["steps"]} + {protocol["thermalisation_steps"]} thermalisation, '
-            f'timestep {_fmt(protocol["timestep_fs"])} fs',
+            f'{protocol["thermalisation_steps"]} thermalisation (never sampled) + '
+            f'{protocol["steps"]} production, timestep {_fmt(protocol["timestep_fs"])} fs',
         ),
         ('sample interval', f'every {protocol["sample_interval"]} steps'),
     ]

@@ -251,7 +251,9 @@ def md_inputs(
 
     ``md``: :func:`.lammps_input.md_script`'s settings (``temperature`` K, ``steps``, ``seed``
     required; ``ensemble``, ``pressure`` bar, ``barostat``, ``timestep_fs``,
-    ``sample_interval``, ``tdamp_fs``, ``pdamp_fs``, ``max_temperature``, ``min_distance``).
+    ``sample_interval``, ``thermalisation_steps``, ``relax_steps``, ``relax_fmax`` eV/Å,
+    ``tdamp_fs``, ``pdamp_fs``, and the production's abort rules ``max_temperature`` K,
+    ``min_distance`` Å, ``max_force`` eV/Å).
     ``species``: the atom types (default: the potential's species, else the structure's).
     ``options`` update ``metadata.options`` (default: one process, no MPI). Launch with
     ``submit(CalculationFactory('lammps.raw'), **inputs)``; keep the ``conversion`` for
