@@ -111,11 +111,14 @@ def protocol_architecture(protocol: str, engine: str = 'mace') -> dict:
     return recursive_merge(merged, extra)
 
 
-def write_set(frames: list, path: Path, cutoff: float, weigh_2d_stress: bool = True) -> None:
-    """An extended XYZ under the ``REF_`` keys MACE reads, 2D stresses as the package writes them.
+def write_set(
+    frames: list, path: Path, cutoff: float | None = None, weigh_2d_stress: bool = True
+) -> None:
+    """An extended XYZ under the ``REF_`` keys, 2D stresses as the package writes them.
 
-    As ``write_mace_xyz``: a 2D frame's stress label scaled to MACE's cell and, unless
-    ``weigh_2d_stress`` is false (the package before 2026-12-07), its stress weight.
+    With a MACE ``cutoff``, as ``write_mace_xyz``: a 2D frame's stress label scaled to MACE's
+    cell and, unless ``weigh_2d_stress`` is false (the package before 2026-12-07), its stress
+    weight. Without one (metatrain), the labels as they are.
     """
     from ase.io import write
 
@@ -129,7 +132,7 @@ def write_set(frames: list, path: Path, cutoff: float, weigh_2d_stress: bool = T
             copy.arrays['REF_forces'] = np.asarray(results['forces'])
             if 'stress' in results:
                 stress = np.asarray(results['stress'], dtype=float)
-                if not atoms.pbc.all():
+                if cutoff is not None and not atoms.pbc.all():
                     frame = (atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
                     stress = mace_config.mace_stress_label(stress, *frame)
                     if weigh_2d_stress:
