@@ -48,10 +48,10 @@ STRESS_WEIGHT_KEY = 'config_stress_weight'
 #: 100 / 1 leaves the energy and stress terms a few per cent of the loss: the forces are learned
 #: but not how the energy changes with volume, so energies end worse than a constant per atom and
 #: stresses are not learned (EMT Cu, two seeds: 159 meV/atom, 57 meV/Å³ against 38 and 24 with
-#: equal weights at 40 epochs, forces 32 against 41 meV/Å). Equal weights count an error of 1 meV/atom, of
-#: 1 meV/Å and of 1 meV/Å³ alike: a hundred times MACE's weight on energy relative to forces.
-#: Heavier energy and stress weights (100 / 10 / 100) win with long trainings but cost the forces
-#: of short ones (the ``fast`` protocol's 40 epochs).
+#: equal weights at 40 epochs, forces 32 against 41 meV/Å). Equal weights count an error of
+#: 1 meV/atom, of 1 meV/Å and of 1 meV/Å³ alike: a hundred times MACE's weight on energy
+#: relative to forces. Heavier energy and stress weights (100 / 10 / 100) win with long
+#: trainings but cost the forces of short ones (the ``fast`` protocol's 40 epochs).
 LOSS_WEIGHTS = {'energy': 10.0, 'forces': 10.0, 'stress': 10.0}
 
 #: Package defaults, below the user's ``parameters``.
