@@ -387,6 +387,25 @@ def scores_of_set(entry: dict, name: str) -> dict:
 ERROR_NAMES = {'committee_mean': 'committee mean', 'members': "members' RMS"}
 
 
+def plot_rates(axis, rows: list[dict], key: str, **style) -> None:
+    """One line of a rate (``'tpr'`` or ``'ppv'``) against ε_thr; undefined rates left out."""
+    axis.plot(
+        [r['error_threshold'] for r in rows],
+        [np.nan if r[key] is None else r[key] for r in rows],
+        marker='o',
+        **style,
+    )
+
+
+def style_rate_axis(axis, ylabel: str) -> None:
+    """Rate axes: 0 to 1, the 0.8 target dashed, ε_thr along x."""
+    axis.axhline(0.8, color='grey', ls='--', lw=1)
+    axis.set_ylim(0, 1.05)
+    axis.set_xlabel('ε_thr (eV/Å), τ = a·ε_thr')
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+
+
 def plot(report, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -414,20 +433,15 @@ def plot(report, path: Path) -> None:
                     entry = iteration['committees'].get(size)
                     if entry is None:
                         continue
-                    rows = scores_of_set(entry, name)['rates']
-                    axis.plot(
-                        [r['error_threshold'] for r in rows],
-                        [np.nan if r[key] is None else r[key] for r in rows],
-                        marker='o',
+                    plot_rates(
+                        axis,
+                        scores_of_set(entry, name)['rates'],
+                        key,
                         color=colours[size],
                         alpha=0.35 + 0.65 * (index + 1) / len(iterations),
                         label=f'{size} members, {iteration["n_labelled"]} labels',
                     )
-            axis.axhline(0.8, color='grey', ls='--', lw=1)
-            axis.set_ylim(0, 1.05)
-            axis.set_xlabel('ε_thr (eV/Å), τ = a·ε_thr')
-            axis.set_ylabel(f'{key.upper()} ({name})')
-            axis.grid(alpha=0.3)
+            style_rate_axis(axis, f'{key.upper()} ({name})')
         axes[2].legend(fontsize=6)
     figure.suptitle('Calibration quality on EMT Cu (tiny MACE committees)')
     figure.savefig(path, dpi=110)
@@ -477,21 +491,16 @@ def plot_truths(report, path: Path) -> None:
                 size = max(iteration['committees'], key=int)
                 study = iteration['committees'][size]['like_for_like']
                 for kind in ERROR_KINDS:
-                    rows = study['fits'][kind]['rates'][truth]['exploration']
-                    axis.plot(
-                        [r['error_threshold'] for r in rows],
-                        [np.nan if r[key] is None else r[key] for r in rows],
-                        marker='o',
+                    plot_rates(
+                        axis,
+                        study['fits'][kind]['rates'][truth]['exploration'],
+                        key,
                         color=colours[kind],
                         alpha=0.35 + 0.65 * (index + 1) / len(iterations),
                         label=f'{FIT_NAMES[kind]}, {size} members, '
                         f'{iteration["n_labelled"]} labels',
                     )
-            axis.axhline(0.8, color='grey', ls='--', lw=1)
-            axis.set_ylim(0, 1.05)
-            axis.set_xlabel('ε_thr (eV/Å), τ = a·ε_thr')
-            axis.set_ylabel(f'{key.upper()} (exploration set)')
-            axis.grid(alpha=0.3)
+            style_rate_axis(axis, f'{key.upper()} (exploration set)')
         axes[2].legend(fontsize=6)
     figure.suptitle(
         'Like for like: slopes fitted to either error kind, scored against the same truths '

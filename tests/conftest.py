@@ -388,6 +388,37 @@ def tersoff_carbon():
     return Tersoff.from_lammps(TERSOFF_FILE)
 
 
+def emt_copper_frames(seed: int, n_frames: int) -> list:
+    """EMT-labelled Cu cells (8 atoms), strained by up to ±6 % and rattled: energy and stress
+    vary with the volume, which forces alone do not teach. Labels on a SinglePointCalculator."""
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_frames):
+        atoms = bulk('Cu', 'fcc', a=3.61).repeat(2)
+        atoms.set_cell(atoms.cell * (1.0 + rng.uniform(-0.06, 0.06)), scale_atoms=True)
+        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+        atoms.calc = EMT()
+        results = {
+            'energy': atoms.get_potential_energy(),
+            'forces': atoms.get_forces(),
+            'stress': atoms.get_stress(),
+        }
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture(scope='session')
+def emt_copper():
+    """:func:`emt_copper_frames`, ``(seed, n_frames) -> frames``."""
+    return emt_copper_frames
+
+
 @pytest.fixture(scope='session')
 def labelled_carbon_frames():
     """~30 small carbon frames (diamond, graphite-like, rattled and strained) with Tersoff labels.

@@ -2,35 +2,15 @@
 
 import numpy as np
 import pytest
-from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from aiida_trainspot.data.convert import columns_from_atoms
 from aiida_trainspot.evaluation.learning_curve import held_out_curve
 
 
-def emt_frames(n_frames: int = 4) -> list:
-    """Rattled, strained Cu cells labelled with EMT (energy, forces, stress)."""
-    rng = np.random.default_rng(0)
-    frames = []
-    for _ in range(n_frames):
-        atoms = bulk('Cu', 'fcc', a=3.6 * (1 + rng.uniform(-0.03, 0.03)), cubic=True)
-        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
-        atoms.calc = EMT()
-        results = {
-            'energy': atoms.get_potential_energy(),
-            'forces': atoms.get_forces(),
-            'stress': atoms.get_stress(),
-        }
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        frames.append(atoms)
-    return frames
-
-
-def test_committees_are_scored_on_the_same_frames_in_iteration_order():
-    frames = emt_frames()
+def test_committees_are_scored_on_the_same_frames_in_iteration_order(emt_copper):
+    frames = emt_copper(0, 4)
     columns = columns_from_atoms(frames)
     poor = [LennardJones(sigma=2.3, epsilon=0.4, rc=5.0), LennardJones(sigma=2.2, epsilon=0.5)]
     points = held_out_curve({2: [EMT(), EMT()], 1: poor}, columns)
@@ -52,8 +32,8 @@ def test_committees_are_scored_on_the_same_frames_in_iteration_order():
     assert points[0].forces > 0 and points[0].stress > 0
 
 
-def test_nothing_to_score_is_an_error():
-    frames = emt_frames(2)
+def test_nothing_to_score_is_an_error(emt_copper):
+    frames = emt_copper(0, 2)
     with pytest.raises(ValueError, match='no committee'):
         held_out_curve({}, columns_from_atoms(frames))
     unlabelled = [atoms.copy() for atoms in frames]  # copies carry no calculator

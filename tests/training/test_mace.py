@@ -526,39 +526,17 @@ def test_model_missing_without_crash(aiida_localhost):
     assert results == {}
 
 
-def _emt_copper(seed: int, n_frames: int) -> list:
-    """EMT-labelled Cu cells (8 atoms), strained by up to ±6 % and rattled: energy and stress
-    vary with the volume, which forces alone do not teach."""
-    from ase.calculators.emt import EMT
-
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n_frames):
-        atoms = bulk('Cu', 'fcc', a=3.61).repeat(2)
-        atoms.set_cell(atoms.cell * (1.0 + rng.uniform(-0.06, 0.06)), scale_atoms=True)
-        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
-        atoms.calc = EMT()
-        results = {
-            'energy': atoms.get_potential_energy(),
-            'forces': atoms.get_forces(),
-            'stress': atoms.get_stress(),
-        }
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        frames.append(atoms)
-    return frames
-
-
 @pytest.mark.slow
-def test_default_weights_learn_energies_and_stresses(mace_code):
+def test_default_weights_learn_energies_and_stresses(mace_code, emt_copper):
     """With the package's loss weights a short training beats a constant energy per atom.
 
     The truth is independent of the model: a predictor that learned no energy (the training
     mean per atom) and one that learned no stress (zero). MACE's own weights (1 / 100 / 1) fail
     this: the forces are learned, the energy-volume curve is not.
     """
-    training = PESData.from_ase(_emt_copper(0, 24))
-    validation = PESData.from_ase(_emt_copper(1, 6))
-    test = _emt_copper(2, 12)
+    training = PESData.from_ase(emt_copper(0, 24))
+    validation = PESData.from_ase(emt_copper(1, 6))
+    test = emt_copper(2, 12)
     parameters = {**TINY, 'max_num_epochs': 30, 'batch_size': 4}
     results, node = train(mace_code, (training, validation), 5, parameters)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
