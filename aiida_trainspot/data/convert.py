@@ -531,6 +531,24 @@ def frame_records(columns: Columns) -> Sequence[dict[str, Any]]:
 REFERENCE_LABEL_KEYS = {'energy': 'REF_energy', 'forces': 'REF_forces', 'stress': 'REF_stress'}
 
 
+def write_extxyz_frame(handle: Any, atoms: Atoms) -> None:
+    """Append ``atoms`` to an open extended-XYZ file, leaving out ``info`` values that are ''.
+
+    ASE writes an empty string as ``key=`` and its reader then takes the next ``key=value``
+    pair for that value: an isolated atom's empty ``parent_id`` swallowed its ``split`` (or,
+    where no split followed, its ``REF_energy``) on the way to a training code or a user. A
+    missing key reads back as missing metadata, which is what an empty one meant.
+    """
+    from ase.io import write
+
+    empty = [key for key, value in atoms.info.items() if isinstance(value, str) and not value]
+    removed = {key: atoms.info.pop(key) for key in empty}  # not a copy: it would drop the labels
+    try:
+        write(handle, atoms, format='extxyz')
+    finally:
+        atoms.info.update(removed)
+
+
 def write_labelled_extxyz(
     frames: Iterable[Atoms],
     target: str | Any,
@@ -545,13 +563,11 @@ def write_labelled_extxyz(
     a 3x3 matrix (eV/Å³, ASE sign), which both MACE and metatrain read. A label a frame does
     not have is left out, never written as zero; ``info``/``arrays`` metadata is kept.
     """
-    from ase.io import write
-
     count = 0
     is_path = isinstance(target, (str, Path))
     with open(target, 'w') if is_path else contextlib.nullcontext(target) as handle:
         for atoms in frames:
-            write(handle, _with_labels_under_keys(atoms, label_keys), format='extxyz')
+            write_extxyz_frame(handle, _with_labels_under_keys(atoms, label_keys))
             count += 1
     return count
 

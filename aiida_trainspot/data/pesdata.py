@@ -299,11 +299,11 @@ class PESData(orm.Data):
         (e.g. ``{'energy': 'REF_energy', ...}`` for MACE); by default labels are
         written as ASE calculator results.
         """
-        from ase.io import write
+        from .convert import write_extxyz_frame
 
         with open(path, 'w') as handle:
             for atoms in self.iter_atoms(chunk_size, label_keys):
-                write(handle, atoms, format='extxyz')
+                write_extxyz_frame(handle, atoms)
 
     # ------------------------------------------------------------------ derived datasets (unstored)
 

@@ -290,3 +290,23 @@ def test_info_keys_with_the_json_prefix_are_refused():
     atoms.info['json:meta'] = 'text'
     with pytest.raises(ValueError, match="info key 'json:meta' starts with 'json:'"):
         columns_from_atoms([atoms])
+
+
+def test_empty_metadata_does_not_swallow_the_next_key(tmp_path):
+    """ASE writes '' as ``key=`` and reads the next pair into it: such values are left out."""
+    from ase.io import read
+
+    atom = Atoms('C', positions=[[3.0, 3.0, 3.0]], cell=[6.0, 6.0, 6.0], pbc=False)
+    atom.info.update(generation_method='isolated_atom', parent_id='')
+    atom.calc = SinglePointCalculator(atom, energy=-146.1, forces=np.zeros((1, 3)))
+    dataset = PESData.from_ase([atom])  # no split column: the label follows parent_id
+    labelled, plain = tmp_path / 'labelled.xyz', tmp_path / 'plain.xyz'
+    write_labelled_extxyz(dataset.iter_atoms(), labelled)
+    dataset.to_extxyz(plain)
+    back = read(labelled, format='extxyz')
+    assert back.info['REF_energy'] == pytest.approx(-146.1)
+    assert 'parent_id' not in back.info and back.info['generation_method'] == 'isolated_atom'
+    again = read(plain, format='extxyz')
+    assert again.get_potential_energy() == pytest.approx(-146.1)
+    assert 'parent_id' not in again.info
+    assert dataset.get_atoms(0).info['parent_id'] == ''  # the dataset itself keeps it

@@ -170,7 +170,7 @@ def write_mace_xyz(dataset: Any, path: str, cutoff: float) -> None:
     ``config_stress_weight`` (:func:`.config.mace_stress_weight`) undoes the same rescaling in
     the loss, so that its stress is trained as much as a 3D frame's.
     """
-    from ase.io import write
+    from aiida_trainspot.data.convert import write_extxyz_frame
 
     key = LABEL_KEYS['stress']
     with open(path, 'w') as handle:
@@ -180,7 +180,7 @@ def write_mace_xyz(dataset: Any, path: str, cutoff: float) -> None:
                 frame = (atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
                 atoms.info[key] = mace_config.mace_stress_label(value, *frame)
                 atoms.info[mace_config.STRESS_WEIGHT_KEY] = mace_config.mace_stress_weight(*frame)
-            write(handle, atoms, format='extxyz')
+            write_extxyz_frame(handle, atoms)
 
 
 def _isolated_atoms(dataset) -> dict[int, float]:

@@ -69,8 +69,9 @@ def write_metatrain_xyz(dataset: Any, path: str, *, stress: bool) -> int:
     stress, when ``stress``) get NaN there (metatrain masks NaN labels), the Voigt stress is
     expanded to 3x3, and frames without an energy are left out.
     """
-    from ase.io import write
     from ase.stress import voigt_6_to_full_3x3_stress
+
+    from aiida_trainspot.data.convert import write_extxyz_frame
 
     energy_key, forces_key, stress_key = (LABEL_KEYS[k] for k in ('energy', 'forces', 'stress'))
     skipped = 0
@@ -92,7 +93,7 @@ def write_metatrain_xyz(dataset: Any, path: str, *, stress: bool) -> int:
                     atoms.info[stress_key] = value.reshape(3, 3)
             else:
                 atoms.info.pop(stress_key, None)
-            write(handle, atoms, format='extxyz')
+            write_extxyz_frame(handle, atoms)
     return skipped
 
 
