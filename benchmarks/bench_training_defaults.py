@@ -120,8 +120,7 @@ def write_set(
     cell and, unless ``weigh_2d_stress`` is false (the package before 2026-12-07), its stress
     weight. Without one (metatrain), the labels as they are.
     """
-    from ase.io import write
-
+    from aiida_trainspot.data.convert import write_extxyz_frame
     from aiida_trainspot.training.mace import config as mace_config
 
     with open(path, 'w') as handle:
@@ -133,13 +132,13 @@ def write_set(
             if 'stress' in results:
                 stress = np.asarray(results['stress'], dtype=float)
                 if cutoff is not None and not atoms.pbc.all():
-                    frame = (atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
-                    stress = mace_config.mace_stress_label(stress, *frame)
+                    stress, weight = mace_config.mace_stress_entry(
+                        stress, atoms.positions, atoms.cell.array, atoms.pbc, cutoff
+                    )
                     if weigh_2d_stress:
-                        weight = mace_config.mace_stress_weight(*frame)
                         copy.info[mace_config.STRESS_WEIGHT_KEY] = weight
                 copy.info['REF_stress'] = stress
-            write(handle, copy, format='extxyz')
+            write_extxyz_frame(handle, copy)
 
 
 def train(

@@ -381,3 +381,25 @@ def test_reference_curves_need_the_same_settings(tmp_path):
     assert reference_random_curves(same_form, [0]) == {'0': curve}
     with pytest.raises(SystemExit, match=r"different settings \['vary_architecture'\]"):
         reference_random_curves(Namespace(**{**vars(args), 'vary_architecture': True}), [0])
+
+
+@pytest.mark.slow
+def test_training_defaults_benchmark_smoke(tmp_path):
+    """One epoch per recipe on 10 frames of the stored carbon campaign (2D frames included)."""
+    from ase.io import read, write
+
+    frames = read(Path(__file__).parents[1] / 'docs/benchmarks/carbon_campaign_32_frames.xyz', ':')
+    write(tmp_path / 'frames.xyz', frames[:3] + frames[12:19], format='extxyz')  # bulk + 2D
+    args = ('--dataset', 'frames.xyz', '--seeds', '0', '--epochs', '1')
+    run_script(
+        'bench_training_defaults.py',
+        *args,
+        *('--recipes', 'package,mace-default', '--json', 'r.json'),
+        cwd=tmp_path,
+    )
+    report = json.loads((tmp_path / 'r.json').read_text())
+    assert [row['recipe'] for row in report['runs']] == ['package', 'mace-default']
+    for row in report['runs']:
+        # every error is a finite positive RMSE; the constant baseline is the same for both
+        assert all(np.isfinite(row[k]) and row[k] > 0 for k in ('energy', 'forces'))
+        assert row['constant_energy'] == report['runs'][0]['constant_energy']

@@ -257,8 +257,8 @@ def held_out_frames(node: Any) -> tuple[Any, Any]:
     """(the run's labelled dataset, indices of its validation and test frames)."""
     import numpy as np
 
-    dataset = node.outputs.dataset if 'dataset' in node.outputs else None
-    dataset = dataset or last_checkpoint(node, 'dataset')
+    outputs = node.outputs
+    dataset = outputs.dataset if 'dataset' in outputs else last_checkpoint(node, 'dataset')
     if dataset is None:
         raise click.ClickException(f'run {node.pk} has no labelled dataset (yet)')
     held_out = np.union1d(dataset.split_indices('validation'), dataset.split_indices('test'))

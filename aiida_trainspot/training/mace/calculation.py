@@ -165,10 +165,10 @@ def write_mace_xyz(dataset: Any, path: str, cutoff: float) -> None:
     """Write ``dataset`` under the ``REF_`` keys, the stress of 2D frames as MACE must see it.
 
     MACE divides a 2D frame's virial by the volume of a cell it lengthened along the vacuum
-    (:func:`.config.mace_stress_label`), so the label is rescaled to that volume: the virial
+    (:func:`.config.mace_stress_entry`), so the label is rescaled to that volume: the virial
     MACE learns is then the one of the dataset's stress over the frame's own volume. The frame's
-    ``config_stress_weight`` (:func:`.config.mace_stress_weight`) undoes the same rescaling in
-    the loss, so that its stress is trained as much as a 3D frame's.
+    ``config_stress_weight`` undoes the same rescaling in the loss, so that its stress is
+    trained as much as a 3D frame's.
     """
     from aiida_trainspot.data.convert import write_extxyz_frame
 
@@ -177,9 +177,11 @@ def write_mace_xyz(dataset: Any, path: str, cutoff: float) -> None:
         for atoms in dataset.iter_atoms(label_keys=LABEL_KEYS):
             value = atoms.info.get(key)
             if value is not None and not atoms.pbc.all():
-                frame = (atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
-                atoms.info[key] = mace_config.mace_stress_label(value, *frame)
-                atoms.info[mace_config.STRESS_WEIGHT_KEY] = mace_config.mace_stress_weight(*frame)
+                atoms.info[key], atoms.info[mace_config.STRESS_WEIGHT_KEY] = (
+                    mace_config.mace_stress_entry(
+                        value, atoms.positions, atoms.cell.array, atoms.pbc, cutoff
+                    )
+                )
             write_extxyz_frame(handle, atoms)
 
 

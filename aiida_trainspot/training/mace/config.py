@@ -40,7 +40,7 @@ RESULTS_DIR = 'results'
 LOG_DIR = 'logs'
 DOWNLOADS_DIR = 'downloads'
 LABEL_KEYS = {'energy_key': 'REF_energy', 'forces_key': 'REF_forces', 'stress_key': 'REF_stress'}
-#: The per-frame stress weight MACE reads from a frame's ``info`` (:func:`mace_stress_weight`).
+#: The per-frame stress weight MACE reads from a frame's ``info`` (:func:`mace_stress_entry`).
 STRESS_WEIGHT_KEY = 'config_stress_weight'
 
 #: Loss weights of energy (per atom, eV), forces (eV/Å) and stress (eV/Å³), chosen by
@@ -344,35 +344,25 @@ def mace_stress_volume(positions: Any, cell: Any, pbc: Any, cutoff: float) -> fl
     return abs(float(np.linalg.det(used)))
 
 
-def mace_stress_label(stress: Any, positions: Any, cell: Any, pbc: Any, cutoff: float) -> Any:
-    """The stress to give MACE so that it learns the dataset's ``stress`` of a frame.
+def mace_stress_entry(
+    stress: Any, positions: Any, cell: Any, pbc: Any, cutoff: float
+) -> tuple[Any, float]:
+    """The stress label to give MACE for a frame, and its ``config_stress_weight``.
 
     The dataset's stress is (1/V) dE/dε with V the frame's own cell volume (vacuum included);
-    MACE compares its virial over :func:`mace_stress_volume` with the label, so a frame with
-    a non-periodic axis (a 2D frame) gets the label times V / that volume: the virial MACE
-    then learns is the true one. Fully periodic frames are returned unchanged.
+    MACE compares its virial over V_MACE (:func:`mace_stress_volume`) with the label, so a frame
+    with a non-periodic axis (a 2D frame) gets the label times V / V_MACE: the virial MACE then
+    learns is the true one. MACE's error on that frame is scaled the same way, and squared in
+    the loss it would weigh (V / V_MACE)², about 1/200 for a graphene sheet in 12 Å of vacuum:
+    the in-plane stress of 2D frames would barely be trained (a tiny carbon model's stress on its
+    own stretched graphene frames came out twice the label). The weight (V_MACE / V)² makes the
+    loss that of the dataset's stress. Fully periodic frames: the stress as given, weight 1.
     """
     if np.all(pbc):
-        return stress
+        return stress, 1.0
     own = abs(float(np.linalg.det(np.asarray(cell, dtype=float).reshape(3, 3))))
     used = mace_stress_volume(positions, cell, pbc, cutoff)
-    return np.asarray(stress, dtype=float) * (own / used)
-
-
-def mace_stress_weight(positions: Any, cell: Any, pbc: Any, cutoff: float) -> float:
-    """MACE's ``config_stress_weight`` of a frame: its stress error counts as a 3D frame's.
-
-    A 2D frame's label is scaled by V / V_MACE (:func:`mace_stress_label`, V_MACE of
-    :func:`mace_stress_volume`), and so is MACE's error on it; squared in the loss, that error
-    would weigh (V / V_MACE)², about 1/200 for a graphene sheet in 12 Å of vacuum, and the
-    in-plane stress of 2D frames would barely be trained (a tiny carbon model's stress on its
-    own stretched graphene frames came out twice the label). The weight (V_MACE / V)² makes the
-    loss that of the dataset's stress. 1 for fully periodic frames.
-    """
-    if np.all(pbc):
-        return 1.0
-    own = abs(float(np.linalg.det(np.asarray(cell, dtype=float).reshape(3, 3))))
-    return (mace_stress_volume(positions, cell, pbc, cutoff) / own) ** 2
+    return np.asarray(stress, dtype=float) * (own / used), (used / own) ** 2
 
 
 # --------------------------------------------------------------------------- results
