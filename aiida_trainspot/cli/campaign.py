@@ -343,8 +343,15 @@ def export_run(node: Any, dataset_file: Path | None, models_dir: Path | None) ->
     if models_dir is not None:
         if 'models' not in node.outputs:
             raise click.ClickException(f'run {node.pk} has no committee output (yet)')
+        from aiida_trainspot.data.paths import path_inside, plain_filename
+
         for label, model in sorted(node.outputs.models.items()):
-            paths = model.export(models_dir / label)
+            try:  # the folder and file names come from the nodes: none may leave models_dir
+                paths = model.export(path_inside(models_dir, plain_filename(label, 'models')))
+            except ValueError as exception:
+                raise click.ClickException(
+                    f'model {label} <{model.pk}> not exported: {_one_line(exception)}'
+                ) from None
             lines.append(f'{label}: {paths["model"]}')
     return lines
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -33,6 +34,7 @@ from aiida import orm
 from aiida.engine import calcfunction
 from ase import Atoms
 
+from aiida_trainspot.data.paths import path_inside, plain_filename, relative_inside
 from aiida_trainspot.data.pesdata import PESData
 
 from .lammps_input import (
@@ -210,11 +212,26 @@ def export_lammps_model(model: orm.Data) -> orm.SinglefileData:
     if model.engine != 'mace':
         raise ValueError(f'export_lammps_model: model <{model.pk}> is not a MACE model')
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / model.model_filename  # the model file only, not the checkpoint
+        # the model file only, not the checkpoint; its name comes from the node: kept inside tmp
+        source = path_inside(tmp, plain_filename(model.model_filename, 'model_filename'))
         source.write_bytes(model.base.repository.get_object_content(model.model_path, 'rb'))
         name = mace_export_name(model.model_filename)
         output = export_mace(source, Path(tmp) / name, model.base.attributes.get('dtype'))
         return orm.SinglefileData(io.BytesIO(output.read_bytes()), filename=name)
+
+
+def move_into_tree(flat: str, path: str | PurePosixPath) -> str:
+    """The shell line that moves the job folder's file ``flat`` to ``path`` (a relative path).
+
+    Every word is quoted (:func:`shlex.quote`): the names come from a model's repository, and a
+    blank, ``;`` or quote in one stays part of the name instead of becoming shell syntax.
+
+    :raises ValueError: when ``path`` or ``flat`` would lead out of the job folder.
+    """
+    flat = str(relative_inside(flat, 'extension file'))
+    target = relative_inside(str(path), 'extension file')
+    mkdir = shlex.join(['mkdir', '-p', str(target.parent)])
+    return f'{mkdir} && {shlex.join(["mv", flat, str(target)])}'
 
 
 def _extension_files(model: Any) -> tuple[dict[str, orm.SinglefileData], list[str]]:
@@ -230,7 +247,7 @@ def _extension_files(model: Any) -> tuple[dict[str, orm.SinglefileData], list[st
             )
             content = repository.get_object_content(str(path), 'rb')
             files[flat] = orm.SinglefileData(io.BytesIO(content), filename=flat)
-            lines.append(f"mkdir -p '{path.parent}' && mv '{flat}' '{path}'")
+            lines.append(move_into_tree(flat, path))
     return files, lines
 
 

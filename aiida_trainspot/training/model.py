@@ -22,12 +22,34 @@ from typing import Any
 
 from aiida import orm
 
+from aiida_trainspot.data.paths import path_inside, plain_filename
+
 from .loader import DTYPES, ENGINES, load_calculator
 
 MODEL_DIR = 'model'
 CHECKPOINT_DIR = 'checkpoint'
 EXTENSIONS_DIR = 'extensions'
 LAMMPS_DIR = 'lammps'
+#: Attributes that hold the plain name of a file in the node's repository.
+FILENAME_ATTRIBUTES = (
+    'model_filename',
+    'checkpoint_filename',
+    'lammps_filename',
+    'compiled_model_filename',
+)
+
+
+def check_filenames(attributes: Mapping[str, Any]) -> None:
+    """Refuse file-name attributes that are not plain names (``../x``, ``/x``, ``a/b``, ``''``).
+
+    ``model_filename`` is required; the others may be None.
+
+    :raises ValueError: naming the attribute and the offending name.
+    """
+    for key in FILENAME_ATTRIBUTES:
+        value = attributes.get(key)
+        if value is not None or key == 'model_filename':
+            plain_filename(value, key)
 
 
 class PotentialModel(orm.Data):
@@ -61,6 +83,11 @@ class PotentialModel(orm.Data):
         if dtype not in DTYPES:
             raise ValueError(f'dtype: unknown dtype {dtype!r}; choose one of {list(DTYPES)}')
         model_file = Path(model_file)
+        plain_filename(model_file.name, 'model_file')
+        if checkpoint_file is not None:
+            plain_filename(Path(checkpoint_file).name, 'checkpoint_file')
+        if lammps_file is not None:
+            plain_filename(Path(lammps_file).name, 'lammps_file')
         node = cls()
         repository = node.base.repository
         repository.put_object_from_file(str(model_file), f'{MODEL_DIR}/{model_file.name}')
@@ -91,9 +118,16 @@ class PotentialModel(orm.Data):
             'metrics': dict(metrics or {}),
             **dict(extra or {}),
         }
+        check_filenames(attributes)
         for key, value in attributes.items():
             node.base.attributes.set(key, value)
         return node
+
+    def _validate(self) -> bool:
+        """Before storing: the file-name attributes are plain names (:func:`check_filenames`)."""
+        super()._validate()
+        check_filenames({key: self.base.attributes.get(key, None) for key in FILENAME_ATTRIBUTES})
+        return True
 
     # attributes -----------------------------------------------------------------
     @property
@@ -143,23 +177,34 @@ class PotentialModel(orm.Data):
 
     # files ------------------------------------------------------------------------
     def export(self, directory: str | Path) -> dict[str, Path | None]:
-        """Write the model, checkpoint and extensions into ``directory``; return their paths."""
+        """Write the model, checkpoint and extensions into ``directory``; return their paths.
+
+        Every name comes from the node: each is checked to stay inside ``directory`` before
+        anything is written (:func:`~aiida_trainspot.data.paths.path_inside`).
+
+        :raises ValueError: naming the file name that would leave ``directory``.
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         repository = self.base.repository
         paths: dict[str, Path | None] = {'model': None, 'checkpoint': None, 'extensions': None}
-        paths['model'] = directory / self.model_filename
-        paths['model'].write_bytes(
-            repository.get_object_content(f'{MODEL_DIR}/{self.model_filename}', 'rb')
-        )
+        name = plain_filename(self.model_filename, 'model_filename')
+        paths['model'] = path_inside(directory, name)
         if self.checkpoint_filename:
-            paths['checkpoint'] = directory / self.checkpoint_filename
+            name = plain_filename(self.checkpoint_filename, 'checkpoint_filename')
+            paths['checkpoint'] = path_inside(directory, name)
+        if self.has_extensions:
+            paths['extensions'] = path_inside(directory, EXTENSIONS_DIR)
+            for root, _, names in repository.walk(EXTENSIONS_DIR):
+                for name in names:
+                    path_inside(directory, (root / name).as_posix(), 'extensions')
+        directory.mkdir(parents=True, exist_ok=True)
+        paths['model'].write_bytes(repository.get_object_content(self.model_path, 'rb'))
+        if paths['checkpoint'] is not None:
             content = repository.get_object_content(
                 f'{CHECKPOINT_DIR}/{self.checkpoint_filename}', 'rb'
             )
             paths['checkpoint'].write_bytes(content)
-        if self.has_extensions:
-            paths['extensions'] = directory / EXTENSIONS_DIR
+        if paths['extensions'] is not None:
             repository.copy_tree(paths['extensions'], EXTENSIONS_DIR)
         return paths
 
@@ -173,10 +218,11 @@ class PotentialModel(orm.Data):
         """
         repository = self.base.repository
         if self.lammps_filename:
-            path = f'{LAMMPS_DIR}/{self.lammps_filename}'
-            return self.lammps_filename, repository.get_object_content(path, 'rb')
+            name = plain_filename(self.lammps_filename, 'lammps_filename')
+            return name, repository.get_object_content(f'{LAMMPS_DIR}/{name}', 'rb')
         if self.engine == 'metatrain' and not self.lammps_export_error:
-            return self.model_filename, repository.get_object_content(self.model_path, 'rb')
+            name = plain_filename(self.model_filename, 'model_filename')
+            return name, repository.get_object_content(self.model_path, 'rb')
         return None
 
     def missing_lammps_export(self) -> str:
@@ -195,9 +241,8 @@ class PotentialModel(orm.Data):
         export = self.lammps_export()
         if export is None:
             raise ValueError(self.missing_lammps_export())
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / export[0]
+        path = path_inside(directory, export[0], 'lammps_filename')
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(export[1])
         return path
 

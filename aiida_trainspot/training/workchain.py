@@ -7,7 +7,8 @@ input seed and recorded on its model. ``member_parameters`` may give each member
 its own overrides of ``parameters`` (a heterogeneous committee, e.g. different
 cutoffs), which makes the members disagree for reasons other than their initial
 weights. A member that fails is reported; the committee goes on if at least
-``min_members`` succeeded.
+``min_members`` succeeded. Both ``committee_size`` and ``min_members`` are at least
+:data:`MIN_MEMBERS` (2), checked at submission: one member has no disagreement to measure.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from .loader import DEVICES, DTYPES, ENGINES
 from .metatrain.config import deep_merge
 from .model import PotentialModel
 from .restart import TrainingMemberWorkChain, training_calculation
+
+#: The smallest committee: one member has no disagreement, so it would always look converged.
+MIN_MEMBERS = 2
 
 
 def member_seeds(seed: int, size: int) -> list[int]:
@@ -115,17 +119,23 @@ def committee_report(seeds: orm.List, failures: orm.Dict, **models: PotentialMod
 
 
 def _validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:
+    size = inputs['committee_size'].value if 'committee_size' in inputs else 4
+    minimum = inputs['min_members'].value if 'min_members' in inputs else MIN_MEMBERS
+    if size < MIN_MEMBERS:
+        return (
+            f'committee_size: a committee needs at least {MIN_MEMBERS} members, got {size} '
+            '(one member has no disagreement to measure)'
+        )
+    if not MIN_MEMBERS <= minimum <= size:
+        return (
+            f'min_members: must be between {MIN_MEMBERS} and committee_size ({size}), got '
+            f'{minimum} (fewer than {MIN_MEMBERS} members have no disagreement to measure)'
+        )
     if 'engine' not in inputs:
         return None  # the port says what is missing
     engine = inputs['engine'].value
     if engine not in ENGINES:
         return f'engine: unknown engine {engine!r}; choose one of {list(ENGINES)}'
-    size = inputs['committee_size'].value if 'committee_size' in inputs else 4
-    minimum = inputs['min_members'].value if 'min_members' in inputs else 2
-    if size < 2:
-        return f'committee_size: a committee needs at least 2 members, got {size}'
-    if not 1 <= minimum <= size:
-        return f'min_members: must be between 1 and committee_size ({size}), got {minimum}'
     try:
         split = inputs.get('split_fractions')
         fractions = check_fractions(split.get_dict() if split is not None else DEFAULT_FRACTIONS)
@@ -206,13 +216,17 @@ class TrainingWorkChain(WorkChain):
             help='Seed of the split and members.',
         )
         spec.input(
-            'committee_size', valid_type=orm.Int, default=lambda: orm.Int(4), help='Members (>= 2).'
+            'committee_size',
+            valid_type=orm.Int,
+            default=lambda: orm.Int(4),
+            help=f'Members (>= {MIN_MEMBERS}).',
         )
         spec.input(
             'min_members',
             valid_type=orm.Int,
-            default=lambda: orm.Int(2),
-            help='The committee goes on if at least this many members succeed.',
+            default=lambda: orm.Int(MIN_MEMBERS),
+            help=f'The committee goes on if at least this many members succeed '
+            f'({MIN_MEMBERS} to committee_size).',
         )
         spec.input(
             'split_fractions',
@@ -368,4 +382,4 @@ class TrainingWorkChain(WorkChain):
         return None
 
 
-__all__ = ('TrainingCalculation', 'TrainingWorkChain', 'member_seeds')
+__all__ = ('MIN_MEMBERS', 'TrainingCalculation', 'TrainingWorkChain', 'member_seeds')

@@ -6,6 +6,7 @@ no ``pair_style mace``/``metatomic`` (their inputs are checked in ``test_lammps_
 
 import io
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -469,6 +470,56 @@ def test_model_potentials_give_their_files_and_types(tmp_path, code_factory, lam
     assert 'pair_style mace no_domain_decomposition\n' in script
     assert 'pair_coeff * * tiny.model-lammps.pt C\n' in script
     assert 'prepend_text' not in inputs['metadata']['options']
+
+
+def test_extension_names_are_quoted_in_the_shell_lines(tmp_path):
+    # the names come from the model's repository: a blank, `;`, `$()` or quote in one is data
+    model_file = tmp_path / 'model.pt'
+    model_file.write_bytes(b'torchscript')
+    extensions = tmp_path / 'extensions'
+    odd_dir = 'my lib; touch pwned_dir'
+    odd_name = "it's $(touch pwned).so;rm -f model.pt"
+    (extensions / odd_dir).mkdir(parents=True)
+    (extensions / odd_dir / odd_name).write_bytes(b'odd')
+    (extensions / 'plain.so').write_bytes(b'plain')
+    pet = PotentialModel.from_files(
+        model_file,
+        engine='metatrain',
+        architecture='pet',
+        species=['C'],
+        cutoff=4.0,
+        dtype='float64',
+        extensions_dir=extensions,
+    )
+    potential = le.model_potential(pet)
+    lines = potential.prepend_text.splitlines()
+    flat = {node.get_content('rb'): name for name, node in potential.files.items()}
+    odd_path = f'extensions/{odd_dir}/{odd_name}'
+    # parsed back as the shell would, every name is one word, unchanged
+    assert sorted(shlex.split(line) for line in lines) == [
+        ['mkdir', '-p', 'extensions', '&&', 'mv', flat[b'plain'], 'extensions/plain.so'],
+        ['mkdir', '-p', f'extensions/{odd_dir}', '&&', 'mv', flat[b'odd'], odd_path],
+    ]
+    # and the shell runs them so: the files land in their tree, nothing else runs
+    job = tmp_path / 'job'
+    job.mkdir()
+    (job / 'model.pt').write_bytes(b'torchscript')
+    for name, node in potential.files.items():
+        (job / name).write_bytes(node.get_content('rb'))
+    subprocess.run(['bash', '-c', potential.prepend_text], cwd=job, check=True)
+    assert (job / odd_path).read_bytes() == b'odd'
+    assert (job / 'extensions' / 'plain.so').read_bytes() == b'plain'
+    assert (job / 'model.pt').exists()
+    assert not list(job.rglob('pwned*'))
+
+
+def test_shell_lines_refuse_paths_out_of_the_job_folder():
+    assert shlex.split(le.move_into_tree('a b', 'extensions/c d/e')) == [
+        'mkdir', '-p', 'extensions/c d', '&&', 'mv', 'a b', 'extensions/c d/e'
+    ]  # fmt: skip
+    for flat, path in (('x', '../evil'), ('x', '/abs/evil'), ('../x', 'extensions/x'), ('', 'a')):
+        with pytest.raises(ValueError, match='extension file'):
+            le.move_into_tree(flat, path)
 
 
 def test_frames_need_retrieved_and_conversion_pairs():

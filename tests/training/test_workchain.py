@@ -113,6 +113,7 @@ def test_committee_with_one_broken_member_continues(carbon_dataset, mace_code, t
     [
         ({'committee_size': (orm.Int, 1)}, 'committee_size: a committee needs at least 2'),
         ({'min_members': (orm.Int, 5)}, 'min_members'),
+        ({'min_members': (orm.Int, 1)}, r'min_members: must be between 2 and committee_size'),
         ({'engine': (orm.Str, 'nequip')}, 'engine: unknown engine'),
         ({'parameters': (orm.Dict, {'no_such_key': 1})}, 'no_such_key'),
         ({'split_fractions': (orm.Dict, {'train': 0.5})}, 'split_fractions'),
@@ -131,6 +132,64 @@ def test_bad_inputs_rejected_at_submission(carbon_dataset, mace_code, change, me
     inputs = {'dataset': carbon_dataset, 'engine': orm.Str('mace'), 'code': mace_code, **change}
     with pytest.raises(ValueError, match=message):
         run_get_node(TrainingWorkChain, **inputs)
+
+
+@pytest.mark.parametrize(
+    ('change', 'message'),
+    [
+        ({'min_members': 1}, r'min_members: must be between 2 and committee_size \(2\), got 1'),
+        ({'min_members': 0}, r'min_members: must be between 2 and committee_size \(2\), got 0'),
+        ({'committee_size': 1}, 'committee_size: a committee needs at least 2 members, got 1'),
+        (
+            {'committee_size': 1, 'min_members': 1},
+            'committee_size: a committee needs at least 2 members, got 1',
+        ),
+    ],
+)
+def test_one_member_committees_refused_at_submission(carbon_dataset, mace_code, change, message):
+    # a committee of one has no disagreement: it would always look converged
+    builder = TrainingWorkChain.get_builder()
+    for port, value in {**committee_inputs(carbon_dataset, 'mace', mace_code), **change}.items():
+        builder[port] = orm.Int(value) if isinstance(value, int) else value
+    with pytest.raises(ValueError, match=message):
+        instantiate_process(get_manager().get_runner(), builder)
+    builder.min_members = orm.Int(2)
+    builder.committee_size = orm.Int(2)
+    instantiate_process(get_manager().get_runner(), builder)  # the smallest committee passes
+
+
+def test_one_member_committees_refused_through_trainspot(
+    ase_code, mace_code, ase_md_code, evaluate_code
+):
+    # TrainsPotWorkChain exposes these ports under `training`: the same check runs there
+    from ase.build import bulk
+
+    from aiida_trainspot.workflows.trainspot import TrainsPotWorkChain
+
+    def builder(**training):
+        return TrainsPotWorkChain.get_builder_from_protocol(
+            {
+                'ase_label': ase_code,
+                'train': mace_code,
+                'md': ase_md_code,
+                'evaluate': evaluate_code,
+            },
+            [bulk('Cu', 'fcc', a=3.6)],
+            protocol='fast',
+            overrides={'training': training},
+            ase_calculator={'name': 'emt'},
+        )
+
+    runner = get_manager().get_runner()
+    instantiate_process(runner, builder(committee_size=2, min_members=2))
+    assert TrainsPotWorkChain.spec().inputs['training'].validator is not None
+    for training, port in (
+        ({'committee_size': 2, 'min_members': 1}, 'min_members'),
+        ({'committee_size': 1, 'min_members': 1}, 'committee_size'),
+    ):
+        with pytest.raises(ValueError, match=f'training.*{port}: ') as error:
+            instantiate_process(runner, builder(**training))
+        assert 'at least 2' in str(error.value) or 'between 2' in str(error.value)
 
 
 def test_member_parameter_sets_cycle_and_merge():
