@@ -11,6 +11,13 @@ Connection settings, all optional:
   (``5432``), ``PGUSER`` (``postgres``), ``PGPASSWORD`` (none).
 * RabbitMQ: ``TRAINSPOT_TEST_RMQ_HOST`` (``127.0.0.1``), ``TRAINSPOT_TEST_RMQ_PORT`` (``5672``),
   ``TRAINSPOT_TEST_RMQ_USER`` / ``TRAINSPOT_TEST_RMQ_PASSWORD`` (``guest`` / ``guest``).
+
+Where they come from: the environment first; then the settings file that ``.ci/install.sh``
+writes, ``TRAINSPOT_SERVICES_ENV`` (default ``/etc/aiida-trainspot/services.env``: ``KEY=value``
+lines naming the role it provisions, ``trainspot_test``, with its password); then the defaults
+above. The file's role and password count only together, and only when neither ``PGUSER`` nor
+``PGPASSWORD`` is set. On import, the settings taken from the file are put into ``os.environ``,
+so that programs the tests start (``aiida-trainspot setup --use-postgres``) connect the same way.
 """
 
 from __future__ import annotations
@@ -30,10 +37,54 @@ import time
 PG_START_TIMEOUT = 30.0
 RMQ_START_TIMEOUT = 60.0
 _LOCK_FILE = pathlib.Path(tempfile.gettempdir()) / 'aiida-trainspot-test-services.lock'
+SETTINGS_FILE = pathlib.Path(
+    os.environ.get('TRAINSPOT_SERVICES_ENV', '/etc/aiida-trainspot/services.env')
+)
+_SETTINGS_KEYS = (
+    'PGHOST',
+    'PGPORT',
+    'PGUSER',
+    'PGPASSWORD',
+    'TRAINSPOT_TEST_RMQ_HOST',
+    'TRAINSPOT_TEST_RMQ_PORT',
+    'TRAINSPOT_TEST_RMQ_USER',
+    'TRAINSPOT_TEST_RMQ_PASSWORD',
+)
 
 
 class ServiceUnavailableError(RuntimeError):
     """A server is down and cannot be started; the message says what was tried and what failed."""
+
+
+def read_settings_file(path: pathlib.Path = SETTINGS_FILE) -> dict[str, str]:
+    """Return the known ``KEY=value`` settings of ``path``; empty if it is missing or unreadable."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    settings = {}
+    for line in lines:
+        key, sep, value = line.strip().partition('=')
+        if sep and key in _SETTINGS_KEYS:
+            settings[key] = value.strip().strip('\'"')
+    return settings
+
+
+def apply_settings_file(path: pathlib.Path = SETTINGS_FILE, environ=os.environ) -> dict[str, str]:
+    """Put the settings of ``path`` into ``environ`` where the environment does not set them.
+
+    The role and its password go together: both are taken from the file, or neither (when the
+    environment names a role or a password of its own).
+
+    :returns: the settings that were added.
+    """
+    settings = read_settings_file(path)
+    if environ.get('PGUSER') or environ.get('PGPASSWORD'):
+        settings.pop('PGUSER', None)
+        settings.pop('PGPASSWORD', None)
+    added = {key: value for key, value in settings.items() if not environ.get(key)}
+    environ.update(added)
+    return added
 
 
 def pg_admin_params() -> dict:
@@ -135,7 +186,9 @@ def ensure_postgres(timeout: float = PG_START_TIMEOUT) -> str:
         if port_open(params['host'], params['port']):
             # The server runs but refuses us: starting it again cannot help.
             raise ServiceUnavailableError(
-                f'PostgreSQL at {where} is up but refuses the admin role: {error}'
+                f'PostgreSQL at {where} is up but refuses the admin role: {error} (`bash '
+                f'.ci/install.sh` provisions a role and writes its password to {SETTINGS_FILE}; '
+                'or set PGUSER and PGPASSWORD)'
             )
 
         attempts = []
@@ -290,6 +343,9 @@ def main() -> int:
             status = 1
     return status
 
+
+# At import (conftest.py imports this module first): the tests and what they start see it.
+apply_settings_file()
 
 if __name__ == '__main__':
     sys.exit(main())
