@@ -647,13 +647,17 @@ def _calibration_panels(
     """Split of every frame, and (property, δ, ε, valid) for each property with any pair."""
     names = set(predictions.column_names)
     props = [p for p in PROPERTIES if f'delta_{p}' in names and f'eps_{p}' in names]
-    columns = _read(predictions, [f'{k}_{p}' for p in props for k in ('delta', 'eps')] + ['split'])
+    flags = ['non_finite'] if 'non_finite' in names else []
+    wanted = [f'{k}_{p}' for p in props for k in ('delta', 'eps')] + ['split'] + flags
+    columns = _read(predictions, wanted)
+    # frames with a member's non-finite prediction are left out, as the calibration leaves them
+    finite = ~np.asarray(columns.column('non_finite'), dtype=bool) if flags else True
     panels = []
     for prop in props:
         delta = np.asarray(columns.column(f'delta_{prop}'), dtype=float)
         eps = errors_of(kind, {prop: delta}, {prop: columns.column(f'eps_{prop}')})[prop]
         valid = _mask(columns, f'delta_{prop}') & _mask(columns, f'eps_{prop}')
-        valid &= np.isfinite(delta) & np.isfinite(eps)
+        valid &= np.isfinite(delta) & np.isfinite(eps) & finite
         if valid.any():
             panels.append((prop, delta, eps, valid))
     return _split_names(columns), panels

@@ -757,3 +757,66 @@ def tiny_metatrain_model(aiida_profile, tiny_committee_files):
     Stored once per session in the default profile (not for tests marked ``services``).
     """
     return _stored_tiny_model('metatrain', tiny_committee_files)
+
+
+# A ``trainspot-evaluate`` whose members named in ``bad`` return a NaN energy: the real runner and
+# parser, with chosen members' calculators wrapped (no trained model returns NaN on demand).
+POISONED_RUNNER = """#!{python}
+import sys
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from aiida_trainspot.runners import evaluate
+
+BAD = {bad!r}  # member label -> atom count of the frames it fails on (None: every frame)
+
+
+class Poisoned(Calculator):
+    implemented_properties = ('energy', 'forces', 'stress')
+
+    def __init__(self, inner, n_atoms):
+        super().__init__()
+        self.inner, self.n_atoms = inner, n_atoms
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        frame = self.atoms.copy()
+        frame.calc = self.inner
+        self.results = {{'energy': frame.get_potential_energy(), 'forces': frame.get_forces()}}
+        if 'stress' in properties:
+            self.results['stress'] = frame.get_stress()
+        if self.n_atoms is None or len(frame) == self.n_atoms:
+            self.results['energy'] = np.nan
+
+
+load_members = evaluate.load_members
+
+
+def poisoned_members(config):
+    calculators = load_members(config)
+    return [
+        Poisoned(calculator, BAD[member['label']]) if member['label'] in BAD else calculator
+        for member, calculator in zip(config['members'], calculators)
+    ]
+
+
+evaluate.load_members = poisoned_members
+sys.exit(evaluate.main())
+"""
+
+
+@pytest.fixture
+def poisoned_evaluate_code(code_factory, tmp_path):
+    """``factory(bad)``: an evaluation code whose members in ``bad`` return NaN energies.
+
+    ``bad`` maps a member label to the atom count of the frames it fails on (None: every frame).
+    """
+
+    def factory(bad):
+        executable = tmp_path / 'poisoned-evaluate'
+        executable.write_text(POISONED_RUNNER.format(python=sys.executable, bad=bad))
+        executable.chmod(0o755)
+        return code_factory(f'poisoned-{tmp_path.name}', str(executable), 'trainspot.evaluation')
+
+    return factory

@@ -28,6 +28,7 @@ from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 
+from aiida_trainspot.data.paths import plain_filename
 from aiida_trainspot.data.pesdata import INDEX_KEY, SHARD_DIR, PESData
 from aiida_trainspot.data.store import DatasetIndex
 from aiida_trainspot.training.loader import DEVICES, DTYPES, ENGINES
@@ -265,7 +266,7 @@ class EvaluationCalculation(CalcJob):
         )
         spec.inputs.validator = validate_inputs
 
-        columns = ', '.join(f'{k} ({v[0]})' for k, v in FRAME_COLUMNS.items())
+        columns = ', '.join(f'{k} ({v[0]})' if v[0] else k for k, v in FRAME_COLUMNS.items())
         atom_columns = ', '.join(f'{k} ({v[0]})' for k, v in ATOM_COLUMNS.items())
         spec.output_namespace(
             'predictions',
@@ -277,7 +278,9 @@ class EvaluationCalculation(CalcJob):
                 f'{", ".join(ESTIMATED_ERROR_COLUMNS)}, and the per-atom columns {atom_columns}. '
                 'Stress columns are present only for frames periodic along at least two axes '
                 '(bulk and 2D), '
-                'the eps columns only where the frame has that label. Attribute '
+                'the eps columns only where the frame has that label. `non_finite` (bool) flags '
+                'the frames where a member (not dropped) predicted a non-finite energy, force or '
+                'stress: that member is NaN there and the statistics use the others. Attribute '
                 '`committee_members`: the member labels in the order of the member axis.'
             ),
         )
@@ -288,7 +291,10 @@ class EvaluationCalculation(CalcJob):
                 'Per dataset: counts, RMSE/MAE per member and of the committee mean with the mean '
                 '± std of the member RMSEs per split (all, train, validation, test, unassigned) '
                 'and property (meV/atom, meV/Angstrom, meV/Angstrom^3), and the distribution of '
-                'the disagreements (with a calibration: frames above its thresholds).'
+                'the disagreements (with a calibration: frames above its thresholds). Always '
+                '`dropped_members` (labels of the members non-finite on every frame, left out '
+                'of the committee) and `non_finite_frames` ({dataset: [frame indices]} of the '
+                'flagged frames, left out of the error metrics).'
             ),
         )
         spec.default_output_node = 'metrics'
@@ -319,7 +325,7 @@ class EvaluationCalculation(CalcJob):
         spec.exit_code(
             304,
             'ERROR_INFERENCE_FAILED',
-            message='A model failed on a frame: {detail}',
+            message='A member failed: {detail}',
         )
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
@@ -331,8 +337,9 @@ class EvaluationCalculation(CalcJob):
         for label in member_order(models):
             model = models[label]
             target = f'{MODELS_DIR}/{label}'
-            model_path = f'{target}/{model.model_filename}'
-            local_copy_list.append((model.uuid, f'{MODEL_DIR}/{model.model_filename}', model_path))
+            filename = plain_filename(model.model_filename, f'models.{label}: model_filename')
+            model_path = f'{target}/{filename}'
+            local_copy_list.append((model.uuid, f'{MODEL_DIR}/{filename}', model_path))
             extensions = None
             if model.engine in NEEDS_EXTENSIONS and model.has_extensions:
                 extensions = f'{target}/extensions'

@@ -51,6 +51,12 @@ value :math:`y`; averaged over the same values as ε and δ,
 is the RMS over the members of each member's error: the expected error of one member drawn at
 random, such as the one that drives an exploration's MD (the paper's Φ1).
 
+Non-finite predictions: a member whose energy, or force on any atom, is not finite on a frame
+has no prediction there (:meth:`CommitteePredictions.member_finite`; its values for that frame are
+set to NaN). Means, spreads and errors of that frame use the remaining members: the mean needs
+one, a spread (``std``, every δ) two, unless the committee has a single member; with fewer the
+value is NaN. Frames where every member is finite get exactly the values of the plain formulas.
+
 Everything is vectorised over frames (``np.add.reduceat`` on the frame offsets); frames must
 hold at least one atom.
 """
@@ -229,7 +235,11 @@ class CommitteePredictions:
     :param forces: (M, A, 3) forces, eV/Å.
     :param stress: (M, F, 6) Voigt stresses, eV/Å³ (ASE sign), or None when not predicted.
     :param stress_mask: (F,) frames that carry a stress prediction; rows outside it are set to
-        NaN. A frame whose stress is NaN for any member counts as missing as well.
+        NaN. A frame whose stress is NaN for any finite member counts as missing as well.
+
+    A member whose energy or any force of a frame is not finite has no prediction for that
+    frame (:meth:`member_finite`): its energy, forces and stress there are set to NaN, and the
+    statistics of the frame use the other members.
     """
 
     n_atoms: np.ndarray
@@ -245,11 +255,17 @@ class CommitteePredictions:
             raise ValueError(f'energy must have shape (M, {n_atoms.size}), got {energy.shape}')
         n_members = energy.shape[0]
         forces = _float_array(self.forces, (n_members, int(n_atoms.sum()), 3), 'forces')
+        finite = np.isfinite(energy) & _reduce(
+            np.logical_and, np.isfinite(forces).all(axis=-1), n_atoms, axis=1
+        )
+        energy[~finite] = np.nan
+        forces[~np.repeat(finite, n_atoms, axis=1)] = np.nan
         stress = None
         if self.stress is not None:
             stress = _float_array(self.stress, (n_members, n_atoms.size, 6), 'stress')
             mask = _frame_mask(self.stress_mask, n_atoms.size, 'stress_mask')
             stress[:, ~mask] = np.nan
+            stress[~finite] = np.nan
         elif self.stress_mask is not None:
             raise ValueError('stress_mask given without stress')
         object.__setattr__(self, 'n_atoms', n_atoms)
@@ -268,11 +284,28 @@ class CommitteePredictions:
         """Number of frames F."""
         return int(self.n_atoms.size)
 
+    def member_finite(self) -> np.ndarray:
+        """(M, F) whether each member predicted a finite energy and finite forces on each frame."""
+        return np.isfinite(self.energy)
+
+    def n_finite(self) -> np.ndarray:
+        """(F,) number of members with a finite prediction on each frame."""
+        return self.member_finite().sum(axis=0)
+
+    def non_finite(self, members: Sequence[int] | None = None) -> np.ndarray:
+        """(F,) frames where any of ``members`` (default: all) has no finite prediction."""
+        finite = self.member_finite()
+        if members is not None:
+            finite = finite[np.asarray(members, dtype=np.int64).reshape(-1)]
+        return ~finite.all(axis=0)
+
     def stress_present(self) -> np.ndarray:
-        """(F,) frames whose stress prediction is finite for every member."""
+        """(F,) frames with a stress prediction finite for every member finite on the frame."""
         if self.stress is None:
             return np.zeros(self.n_frames, dtype=bool)
-        return np.all(np.isfinite(self.stress), axis=(0, 2))
+        finite = self.member_finite()
+        stress_finite = np.isfinite(self.stress).all(axis=2)
+        return finite.any(axis=0) & np.all(stress_finite | ~finite, axis=0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -351,16 +384,58 @@ class CommitteeStatistics:
     std_stress: np.ndarray | None
 
 
+def _moments(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance (``ddof=0``) over axis 0 of ``values`` (M, N, ...) where ``valid`` (M, N).
+
+    The mean is NaN where no member is valid, the variance where fewer than two are (fewer than
+    one for a single-member committee). With every member valid the operations, and so the
+    results, are those of ``values.mean(axis=0)`` and ``values.var(axis=0)``.
+    """
+    count = valid.sum(axis=0)
+    extra = (1,) * (values.ndim - valid.ndim)
+    weights = valid.reshape((*valid.shape, *extra))
+    shape = (*count.shape, *extra)
+    divisor = count.reshape(shape)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        mean = np.where(weights, values, 0.0).sum(axis=0) / divisor
+        deviation = np.where(weights, values - mean, 0.0)
+        variance = (deviation * deviation).sum(axis=0) / divisor
+    mean[count < 1] = np.nan
+    variance[count < min(2, values.shape[0])] = np.nan
+    return mean, variance
+
+
+def _finite_rows(values: np.ndarray, n_leading: int) -> np.ndarray:
+    """Whether every value after the first ``n_leading`` axes is finite."""
+    finite = np.isfinite(values)
+    return finite.reshape((*finite.shape[:n_leading], -1)).all(axis=-1)
+
+
 def committee_statistics(predictions: CommitteePredictions) -> CommitteeStatistics:
-    """Mean and standard deviation over the members of every predicted quantity."""
+    """Mean and standard deviation over the members of every predicted quantity.
+
+    Per frame over the members finite there (see the module docstring).
+    """
     stress = predictions.stress
+    finite = predictions.member_finite()
+    mean_energy, _ = _moments(predictions.energy, finite)
+    mean_forces, var_forces = _moments(
+        predictions.forces, np.repeat(finite, predictions.n_atoms, axis=1)
+    )
+    mean_stress = std_stress = None
+    if stress is not None:
+        mean_stress, var_stress = _moments(stress, finite & _finite_rows(stress, 2))
+        std_stress = np.sqrt(var_stress)
+        missing = ~predictions.stress_present()
+        mean_stress[missing] = np.nan
+        std_stress[missing] = np.nan
     return CommitteeStatistics(
-        mean_energy=predictions.energy.mean(axis=0),
+        mean_energy=mean_energy,
         std_energy_per_atom=energy_disagreement(predictions.energy, predictions.n_atoms),
-        mean_forces=predictions.forces.mean(axis=0),
-        std_forces=predictions.forces.std(axis=0),
-        mean_stress=None if stress is None else stress.mean(axis=0),
-        std_stress=None if stress is None else stress.std(axis=0),
+        mean_forces=mean_forces,
+        std_forces=np.sqrt(var_forces),
+        mean_stress=mean_stress,
+        std_stress=std_stress,
     )
 
 
@@ -368,14 +443,23 @@ def committee_statistics(predictions: CommitteePredictions) -> CommitteeStatisti
 
 
 def energy_disagreement(energy: np.ndarray, n_atoms: Any) -> np.ndarray:
-    r""":math:`\delta_E = \mathrm{std}_m(E^m / N_S)`, shape (F,), eV/atom, from energies (M, F)."""
+    r""":math:`\delta_E = \mathrm{std}_m(E^m / N_S)`, shape (F,), eV/atom, from energies (M, F).
+
+    Non-finite energies are left out of their frame's spread (NaN with fewer than two left).
+    """
     counts = check_n_atoms(n_atoms)
-    return np.std(np.asarray(energy, dtype=float) / counts, axis=0)
+    per_atom = np.asarray(energy, dtype=float) / counts
+    return np.sqrt(_moments(per_atom, np.isfinite(per_atom))[1])
 
 
 def _force_variance(forces: np.ndarray) -> np.ndarray:
-    """Per-atom variance over members summed over components: (A,) eV²/Å²."""
-    return np.var(np.asarray(forces, dtype=float), axis=0).sum(axis=-1)
+    """Per-atom variance over members summed over components: (A,) eV²/Å².
+
+    A member whose force on an atom is not finite is left out of that atom's variance (NaN with
+    fewer than two members left).
+    """
+    forces = np.asarray(forces, dtype=float)
+    return _moments(forces, _finite_rows(forces, 2))[1].sum(axis=-1)
 
 
 def force_disagreement(forces: np.ndarray, n_atoms: Any) -> np.ndarray:
@@ -396,9 +480,11 @@ def max_force_disagreement(forces: np.ndarray, n_atoms: Any) -> np.ndarray:
 def stress_disagreement(stress: np.ndarray) -> np.ndarray:
     r""":math:`\delta_\sigma` = RMS over the nine tensor components of the member std, (F,), eV/Å³.
 
-    ``stress`` has shape (M, F, 6) (Voigt); NaN for a frame where any member's stress is NaN.
+    ``stress`` has shape (M, F, 6) (Voigt); members whose stress of a frame is not finite are
+    left out of it (NaN with fewer than two left).
     """
-    return voigt_rms(np.std(np.asarray(stress, dtype=float), axis=0))
+    stress = np.asarray(stress, dtype=float)
+    return voigt_rms(np.sqrt(_moments(stress, _finite_rows(stress, 2))[1]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -432,6 +518,7 @@ def committee_disagreement(predictions: CommitteePredictions) -> Disagreement:
         stress = np.full(predictions.n_frames, np.nan)
     else:
         stress = stress_disagreement(predictions.stress)
+        stress[~predictions.stress_present()] = np.nan
     return Disagreement(
         energy=energy_disagreement(predictions.energy, counts),
         forces=np.sqrt(_reduce(np.add, variance, counts, axis=0) / (3.0 * counts)),
@@ -474,13 +561,14 @@ def true_errors(predictions: CommitteePredictions, labels: ReferenceLabels) -> T
     """Errors of the committee mean against the labels (formulas in the module docstring)."""
     _check_same_frames(predictions, labels)
     counts = predictions.n_atoms
-    energy = np.abs(predictions.energy.mean(axis=0) - labels.energy) / counts
-    squared = np.sum((predictions.forces.mean(axis=0) - labels.forces) ** 2, axis=-1)
+    stats = committee_statistics(predictions)
+    energy = np.abs(stats.mean_energy - labels.energy) / counts
+    squared = np.sum((stats.mean_forces - labels.forces) ** 2, axis=-1)
     forces = np.sqrt(_reduce(np.add, squared, counts, axis=0) / (3.0 * counts))
-    if predictions.stress is None:
+    if stats.mean_stress is None:
         stress = np.full(predictions.n_frames, np.nan)
     else:
-        stress = voigt_rms(predictions.stress.mean(axis=0) - labels.stress)
+        stress = voigt_rms(stats.mean_stress - labels.stress)
     energy[~labels.energy_mask] = np.nan
     forces[~labels.forces_mask] = np.nan
     stress[~(labels.stress_mask & predictions.stress_present())] = np.nan
@@ -518,8 +606,9 @@ class PropertyMetrics:
     atom, the nine stress tensor components of every frame (Voigt off-diagonals counted twice):
     :math:`RMSE = \sqrt{\sum \Delta^2 / n_{values}}`, :math:`MAE = \sum |\Delta| / n_{values}`.
     ``member_*`` hold one value per member, ``committee_*`` those of the committee mean;
-    ``member_rmse_mean`` and ``member_rmse_std`` (``ddof=0``) give the committee spread. With no
-    labelled frame every value is NaN and the counts are zero.
+    ``member_rmse_mean`` and ``member_rmse_std`` (``ddof=0``) give the committee spread (over the
+    members with a value: a member left out of the scoring has NaN). With no labelled frame every
+    value is NaN and the counts are zero.
     """
 
     property: str
@@ -533,13 +622,15 @@ class PropertyMetrics:
 
     @property
     def member_rmse_mean(self) -> float:
-        """Mean over members of the per-member RMSE."""
-        return float(np.mean(self.member_rmse)) if self.member_rmse else math.nan
+        """Mean over the scored members (those with a value) of the per-member RMSE."""
+        values = [v for v in self.member_rmse if math.isfinite(v)]
+        return float(np.mean(values)) if values else math.nan
 
     @property
     def member_rmse_std(self) -> float:
-        """Standard deviation (``ddof=0``) over members of the per-member RMSE."""
-        return float(np.std(self.member_rmse)) if self.member_rmse else math.nan
+        """Standard deviation (``ddof=0``) over the scored members of the per-member RMSE."""
+        values = [v for v in self.member_rmse if math.isfinite(v)]
+        return float(np.std(values)) if values else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (non-finite values become None)."""
@@ -590,32 +681,47 @@ def error_metrics(
     predictions: CommitteePredictions,
     labels: ReferenceLabels,
     frames: Sequence[int] | np.ndarray | None = None,
+    members: Sequence[int] | np.ndarray | None = None,
 ) -> dict[str, PropertyMetrics]:
     """RMSE/MAE per member and of the committee mean, per property, over ``frames``.
 
     :param frames: frame indices or a boolean (F,) mask (default: all frames).
+    :param members: indices of the members scored and averaged into the committee mean
+        (default: every member finite on at least one frame, so a member non-finite everywhere
+        is left out). The others get NaN values.
     :returns: ``{'energy': ..., 'forces': ..., 'stress': ...}``; frames without the label (or,
-        for stress, without a stress prediction from every member) are skipped and not counted.
+        for stress, without a stress prediction from every member), and frames where any of
+        ``members`` has no finite prediction, are skipped and not counted.
     """
     _check_same_frames(predictions, labels)
     selection = _frame_selection(frames, predictions.n_frames)
+    if members is None:
+        members = np.flatnonzero(predictions.member_finite().any(axis=1))
+        if members.size == 0:
+            members = np.arange(predictions.n_members)
+    members = np.asarray(members, dtype=np.int64).reshape(-1)
+    unscored = np.ones(predictions.n_members + 1, dtype=bool)
+    unscored[members] = False
+    unscored[-1] = members.size == 0
+    selection = selection & ~predictions.non_finite(members) & (members.size > 0)
     result = {}
     for name in PROPERTIES:
-        members = getattr(predictions, name)
+        values = getattr(predictions, name)
         valid = selection & labels.mask(name)
-        if members is None:
+        if values is None:
             valid = np.zeros_like(valid)
         else:
             if name == 'stress':
                 valid &= predictions.stress_present()
-            members = np.concatenate([members, members.mean(axis=0)[None]])
         n_values = 0.0
         rmse = mae = np.full(predictions.n_members + 1, np.nan)
         if valid.any():
-            squared, absolute, per_frame = _per_frame_sums(name, members, labels)
+            stacked = np.concatenate([values, values[members].mean(axis=0)[None]])
+            squared, absolute, per_frame = _per_frame_sums(name, stacked, labels)
             n_values = float(per_frame[valid].sum())
             rmse = _MILLI * np.sqrt(squared[:, valid].sum(axis=1) / n_values)
             mae = _MILLI * absolute[:, valid].sum(axis=1) / n_values
+            rmse[unscored] = mae[unscored] = np.nan
         result[name] = PropertyMetrics(
             property=name,
             unit=METRIC_UNITS[name],

@@ -27,6 +27,15 @@ frames held as :class:`~aiida_trainspot.data.columns.Columns`:
 
 A member is one calculator; members are ordered as given, and every ``*_members`` column has the
 member axis right after the frame (or atom) axis.
+
+Non-finite predictions: a member whose energy, force on any atom or (where computed) stress of a
+frame is not finite has no prediction for that frame: its values there are all NaN
+(:attr:`MemberPredictions.non_finite`), the committee statistics of the frame use the other
+members (:mod:`.disagreement`), and the frame is flagged in the ``non_finite`` column. A member
+that is non-finite everywhere is thereby left out of every statistic; the evaluation job lists it
+as dropped. A calculator that *raises* on a frame still fails the evaluation
+(:class:`InferenceError`): an exception (out of memory, a broken model, a neighbour-list failure)
+is not a prediction, and a batched call cannot say which of its frames caused it.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -68,11 +77,13 @@ __all__ = [
     'InferenceError',
     'MemberPredictions',
     'MetricsAccumulator',
+    'committee_predictions',
     'disagreement_summary',
     'frames_as_atoms',
     'periodic_frames',
     'predict_committee',
     'predict_member',
+    'predict_members',
     'prediction_columns',
     'reference_labels',
     'split_column',
@@ -94,6 +105,7 @@ FRAME_COLUMNS: dict[str, tuple[str, str]] = {
     'eps_energy': ('eV/atom', 'true error of the committee-mean energy per atom'),
     'eps_forces': ('eV/Angstrom', 'RMS error of the committee-mean forces'),
     'eps_stress': ('eV/Angstrom^3', 'RMS error (9 components) of the committee-mean stress'),
+    'non_finite': ('', 'a member predicted a non-finite energy, force or stress (bool)'),
 }
 #: Calibrated error estimates, written only with a calibration: name -> (unit, description).
 ESTIMATED_ERROR_COLUMNS: dict[str, tuple[str, str]] = {
@@ -118,7 +130,10 @@ ALL = 'all'
 
 
 class InferenceError(RuntimeError):
-    """A member failed on a frame: ``member`` and ``frame`` (index in the batch) say which."""
+    """A member's calculator raised on a frame: ``member`` and ``frame`` (index in the batch).
+
+    (A non-finite result is no error: see :attr:`MemberPredictions.non_finite`.)
+    """
 
     def __init__(self, member: int, frame: int, reason: str):
         super().__init__(f'member {member} failed on frame {frame}: {reason}')
@@ -170,12 +185,20 @@ def _fully_periodic(frames: Sequence[Atoms]) -> np.ndarray:
 class MemberPredictions:
     """One member's predictions: energy (F,) eV, forces (A, 3) eV/Å, stress (F, 6) eV/Å³.
 
-    Stress rows of frames whose stress was not computed are NaN.
+    Stress rows of frames whose stress was not computed are NaN. On a frame where the calculator
+    returned a non-finite energy, force or (computed) stress, every value is NaN; ``problems``
+    says what was non-finite, by frame.
     """
 
     energy: np.ndarray
     forces: np.ndarray
     stress: np.ndarray
+    problems: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def non_finite(self) -> np.ndarray:
+        """(F,) frames without a finite prediction from this member."""
+        return ~np.isfinite(self.energy)
 
 
 def supports_batching(calculator: Any) -> str | None:
@@ -202,8 +225,8 @@ def predict_member(
         least two axes, with a cell of non-zero volume).
     :param batch_size: frames per model call; 1 means one ASE call per frame.
     :param member: the member's index, for error messages.
-    :raises InferenceError: naming the frame when the calculator fails or returns non-finite
-        energies or forces.
+    :raises InferenceError: naming the frame when the calculator raises. Non-finite results are
+        not raised: the frame's values are all set to NaN and recorded in ``problems``.
     """
     if batch_size < 1:
         raise ValueError(f'batch_size must be at least 1, got {batch_size}')
@@ -224,8 +247,8 @@ def predict_member(
     else:
         indices = np.arange(len(frames))
         _predict_ase(calculator, frames, indices, periodic, energy, forces, stress, member)
-    _check_finite(energy, forces, offsets, member)
-    return MemberPredictions(energy=energy, forces=forces, stress=stress)
+    problems = _mark_non_finite(energy, forces, stress, offsets, periodic)
+    return MemberPredictions(energy=energy, forces=forces, stress=stress, problems=problems)
 
 
 def _predict_ase(calculator, frames, indices, periodic, energy, forces, stress, member):
@@ -256,15 +279,33 @@ def _reason(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {text[0] if text else ""}'.rstrip(': ')
 
 
-def _check_finite(energy: np.ndarray, forces: np.ndarray, offsets: np.ndarray, member: int):
+def _mark_non_finite(
+    energy: np.ndarray,
+    forces: np.ndarray,
+    stress: np.ndarray,
+    offsets: np.ndarray,
+    periodic: np.ndarray,
+) -> dict[int, str]:
+    """Set every value of a frame with a non-finite energy, force or stress to NaN (in place).
+
+    :returns: what was non-finite, by frame, e.g. ``{3: 'non-finite energy nan, forces'}``.
+    """
+    n_frames = energy.size
     bad_energy = ~np.isfinite(energy)
-    if bad_energy.any():
-        frame = int(np.flatnonzero(bad_energy)[0])
-        raise InferenceError(member, frame, f'non-finite energy {energy[frame]}')
-    bad_atoms = ~np.isfinite(forces).all(axis=1)
-    if bad_atoms.any():
-        frame = int(np.searchsorted(offsets, np.flatnonzero(bad_atoms)[0], side='right') - 1)
-        raise InferenceError(member, frame, 'non-finite forces')
+    bad_forces = np.zeros(n_frames, dtype=bool)
+    frame_of_atom = np.repeat(np.arange(n_frames), np.diff(offsets))
+    bad_forces[frame_of_atom[~np.isfinite(forces).all(axis=1)]] = True
+    bad_stress = periodic & ~np.isfinite(stress).all(axis=1)
+    bad = bad_energy | bad_forces | bad_stress
+    problems = {}
+    for frame in np.flatnonzero(bad).tolist():
+        parts = [f'energy {energy[frame]}'] if bad_energy[frame] else []
+        parts += ['forces'] * bool(bad_forces[frame]) + ['stress'] * bool(bad_stress[frame])
+        problems[frame] = 'non-finite ' + ', '.join(parts)
+        energy[frame] = np.nan
+        forces[offsets[frame] : offsets[frame + 1]] = np.nan
+        stress[frame] = np.nan
+    return problems
 
 
 def _batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -370,29 +411,44 @@ def _predict_metatomic(calculator, frames, periodic, batch_size, energy, forces,
 # ----------------------------------------------------------------------------- committee
 
 
+def predict_members(
+    calculators: Sequence[Any], columns: Columns, *, batch_size: int = 1
+) -> list[MemberPredictions]:
+    """Every member's :class:`MemberPredictions` on the frames of ``columns``."""
+    if not calculators:
+        raise ValueError('a committee needs at least one calculator')
+    frames = frames_as_atoms(columns)
+    periodic = periodic_frames(columns)
+    return [
+        predict_member(calculator, frames, periodic, batch_size=batch_size, member=index)
+        for index, calculator in enumerate(calculators)
+    ]
+
+
+def committee_predictions(
+    members: Sequence[MemberPredictions], columns: Columns
+) -> CommitteePredictions:
+    """The members' predictions of the frames of ``columns`` as one committee."""
+    return CommitteePredictions(
+        n_atoms=columns.n_atoms,
+        energy=np.stack([m.energy for m in members]),
+        forces=np.stack([m.forces for m in members]),
+        stress=np.stack([m.stress for m in members]),
+        stress_mask=periodic_frames(columns),
+    )
+
+
 def predict_committee(
     calculators: Sequence[Any], columns: Columns, *, batch_size: int = 1
 ) -> CommitteePredictions:
     """Every member's predictions on the frames of ``columns``.
 
     Stresses are computed for the frames periodic along at least two axes (3D and 2D); the
-    others have no stress prediction (``stress_mask`` False).
+    others have no stress prediction (``stress_mask`` False). A member's non-finite prediction
+    of a frame is NaN there (see the module docstring).
     """
-    if not calculators:
-        raise ValueError('a committee needs at least one calculator')
-    frames = frames_as_atoms(columns)
-    periodic = periodic_frames(columns)
-    members = [
-        predict_member(calculator, frames, periodic, batch_size=batch_size, member=index)
-        for index, calculator in enumerate(calculators)
-    ]
-    return CommitteePredictions(
-        n_atoms=columns.n_atoms,
-        energy=np.stack([m.energy for m in members]),
-        forces=np.stack([m.forces for m in members]),
-        stress=np.stack([m.stress for m in members]),
-        stress_mask=periodic,
-    )
+    members = predict_members(calculators, columns, batch_size=batch_size)
+    return committee_predictions(members, columns)
 
 
 def reference_labels(columns: Columns) -> ReferenceLabels | None:
@@ -411,12 +467,16 @@ def prediction_columns(
     predictions: CommitteePredictions,
     labels: ReferenceLabels | None = None,
     calibration: Calibration | None = None,
+    members: Sequence[int] | None = None,
 ) -> Columns:
     """The columns of :data:`FRAME_COLUMNS` and :data:`ATOM_COLUMNS` for these predictions.
 
     ``eps_*`` are the true errors against ``labels`` (missing without a label);
     ``estimated_error_<property>`` = ``delta_<property>`` / slope, for each property of
-    ``calibration``. Every NaN value has its presence mask False.
+    ``calibration``. ``non_finite`` flags the frames where any of ``members`` (default: all;
+    the evaluation job leaves out the dropped ones) has no finite prediction. Every NaN value
+    has its presence mask False, but in the ``*_members`` columns, present where any member's
+    value is (a NaN entry there is that member's missing prediction).
     """
     n_frames = predictions.n_frames
     stats = committee_statistics(predictions)
@@ -461,9 +521,21 @@ def prediction_columns(
     present = {}
     for name, values in frame.items():
         mask = stress_present if name in STRESS_COLUMNS else np.ones(n_frames, dtype=bool)
-        mask = mask & np.isfinite(values.reshape(n_frames, -1)).all(axis=1)
+        finite = np.isfinite(values.reshape(n_frames, -1))
+        mask = mask & (finite.any(axis=1) if name.endswith('_members') else finite.all(axis=1))
         if not mask.all():
             present[name] = mask
+    # per-atom columns: a frame's value is present when every atom of it has one
+    any_finite = predictions.member_finite().any(axis=0)
+    atom_masks = {
+        'forces_members': any_finite,
+        'forces_mean': any_finite,
+        'forces_std': np.isfinite(delta.forces),
+    }
+    for name, mask in atom_masks.items():
+        if not mask.all():
+            present[name] = mask
+    frame['non_finite'] = predictions.non_finite(members)
     return Columns(n_atoms=predictions.n_atoms, frame=frame, atom=atom, present=present)
 
 
@@ -486,14 +558,23 @@ class MetricsAccumulator:
     :func:`~.disagreement.error_metrics` are turned back into sums of squared and absolute errors
     and their value counts, so the result equals :func:`~.disagreement.error_metrics` over all
     frames at once (up to rounding).
+
+    Which members are scored may be decided only after the last chunk (a member non-finite on
+    every frame of every dataset is dropped): the sums are kept apart for each pattern of
+    members with a finite prediction, and :meth:`metrics` and :meth:`to_dict` take the scored
+    ``members``, skipping the frames where any of them is non-finite (counted in
+    ``n_non_finite``).
     """
 
     def __init__(self, n_members: int):
         self.n_members = int(n_members)
         self.has_split = False
         self.n_frames: dict[str, int] = {}
-        # split -> property -> [squared (M+1,), absolute (M+1,), n_values, n_frames]
-        self._sums: dict[str, dict[str, list[Any]]] = {}
+        self.finite_anywhere = np.zeros(self.n_members, dtype=bool)
+        # (split, finite members) -> property -> [squared (M+1,), absolute (M+1,), n_values,
+        # n_frames]; and (split, finite members) -> frames
+        self._sums: dict[tuple[str, tuple[bool, ...]], dict[str, list[Any]]] = {}
+        self._pattern_frames: dict[tuple[str, tuple[bool, ...]], int] = {}
 
     def add(
         self,
@@ -502,37 +583,91 @@ class MetricsAccumulator:
         splits: np.ndarray | None = None,
     ) -> None:
         """Add a chunk; ``splits`` (F,) holds each frame's split ('' = unassigned) or None."""
-        groups = {ALL: None}
+        groups = {ALL: np.ones(predictions.n_frames, dtype=bool)}
         if splits is not None:
             self.has_split = True
             splits = np.asarray(splits, dtype=object)
             for name in SPLIT_NAMES:
                 groups[name] = splits == name
             groups[UNASSIGNED] = ~np.isin(splits, SPLIT_NAMES)
+        finite = predictions.member_finite()
+        self.finite_anywhere |= finite.any(axis=1)
+        patterns, inverse = np.unique(finite.T, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
         for group, mask in groups.items():
-            count = predictions.n_frames if mask is None else int(mask.sum())
-            self.n_frames[group] = self.n_frames.get(group, 0) + count
-            if labels is None or count == 0:
-                continue
-            sums = self._sums.setdefault(group, {})
-            for name, metrics in error_metrics(predictions, labels, mask).items():
-                if metrics.n_frames == 0:
+            self.n_frames[group] = self.n_frames.get(group, 0) + int(mask.sum())
+            for index, pattern in enumerate(patterns):
+                frames = mask & (inverse == index)
+                count = int(frames.sum())
+                if count == 0:
                     continue
-                rmse = np.array([*metrics.member_rmse, metrics.committee_rmse]) / 1000.0
-                mae = np.array([*metrics.member_mae, metrics.committee_mae]) / 1000.0
-                entry = sums.setdefault(
-                    name, [np.zeros(self.n_members + 1), np.zeros(self.n_members + 1), 0, 0]
-                )
-                entry[0] += rmse**2 * metrics.n_values
-                entry[1] += mae * metrics.n_values
-                entry[2] += metrics.n_values
-                entry[3] += metrics.n_frames
+                key = (group, tuple(bool(v) for v in pattern))
+                self._pattern_frames[key] = self._pattern_frames.get(key, 0) + count
+                if labels is None or not pattern.any():
+                    continue
+                sums = self._sums.setdefault(key, {})
+                scored = np.flatnonzero(pattern)
+                for name, metrics in error_metrics(predictions, labels, frames, scored).items():
+                    if metrics.n_frames == 0:
+                        continue
+                    rmse = np.array([*metrics.member_rmse, metrics.committee_rmse]) / 1000.0
+                    mae = np.array([*metrics.member_mae, metrics.committee_mae]) / 1000.0
+                    entry = sums.setdefault(
+                        name, [np.zeros(self.n_members + 1), np.zeros(self.n_members + 1), 0, 0]
+                    )
+                    entry[0] += rmse**2 * metrics.n_values
+                    entry[1] += mae * metrics.n_values
+                    entry[2] += metrics.n_values
+                    entry[3] += metrics.n_frames
 
-    def metrics(self, group: str) -> dict[str, PropertyMetrics]:
-        """The metrics of split ``group`` by property (NaN and zero counts when unlabelled)."""
+    def _usable(self, members: Sequence[int] | None) -> np.ndarray:
+        """(M,) the scored members: ``members``, or those finite on some frame added so far."""
+        if members is None:
+            usable = self.finite_anywhere.copy()
+            return usable if usable.any() else np.ones(self.n_members, dtype=bool)
+        usable = np.zeros(self.n_members, dtype=bool)
+        usable[np.asarray(members, dtype=np.int64).reshape(-1)] = True
+        if (self.finite_anywhere & ~usable).any():
+            left_out = np.flatnonzero(self.finite_anywhere & ~usable).tolist()
+            raise ValueError(f'members {left_out} have finite predictions: they cannot be dropped')
+        return usable
+
+    def n_non_finite(self, group: str, members: Sequence[int] | None = None) -> int:
+        """Frames of split ``group`` where any of the scored ``members`` is non-finite."""
+        usable = self._usable(members)
+        return sum(
+            count
+            for (name, pattern), count in self._pattern_frames.items()
+            if name == group and not np.asarray(pattern)[usable].all()
+        )
+
+    def metrics(
+        self, group: str, members: Sequence[int] | None = None
+    ) -> dict[str, PropertyMetrics]:
+        """The metrics of split ``group`` by property (NaN and zero counts when unlabelled).
+
+        :param members: the scored members (default: those finite on some frame added so far);
+            every other member must be non-finite on every frame (dropped). Frames where any
+            scored member is non-finite are left out; the dropped members get NaN values.
+        """
+        usable = self._usable(members)
+        merged: dict[str, list[Any]] = {}
+        for (name, pattern), sums in self._sums.items():
+            # frames with a finite prediction from exactly the scored members (a dropped member
+            # is non-finite everywhere, so there are no others)
+            if name != group or not np.array_equal(np.asarray(pattern), usable):
+                continue
+            for prop, (squared, absolute, n_values, n_frames) in sums.items():
+                entry = merged.setdefault(
+                    prop, [np.zeros(self.n_members + 1), np.zeros(self.n_members + 1), 0, 0]
+                )
+                entry[0] = entry[0] + squared
+                entry[1] = entry[1] + absolute
+                entry[2] += n_values
+                entry[3] += n_frames
         result = {}
         for name in PROPERTIES:
-            entry = self._sums.get(group, {}).get(name)
+            entry = merged.get(name)
             if entry is None:
                 rmse = mae = np.full(self.n_members + 1, np.nan)
                 n_values = n_frames = 0
@@ -561,12 +696,19 @@ class MetricsAccumulator:
                 groups.append(UNASSIGNED)
         return groups
 
-    def to_dict(self) -> dict[str, Any]:
-        """``{split: {'n_frames': n, 'energy': {...}, 'forces': {...}, 'stress': {...}}}``."""
+    def to_dict(self, members: Sequence[int] | None = None) -> dict[str, Any]:
+        """The metrics of every split, scoring ``members`` (see :meth:`metrics`).
+
+        ``{split: {'n_frames': n, 'n_non_finite': k, 'energy': {...}, 'forces': {...},
+        'stress': {...}}}``; ``n_non_finite`` frames were left out of the scores.
+        """
         out = {}
         for group in self.groups():
-            entry: dict[str, Any] = {'n_frames': int(self.n_frames.get(group, 0))}
-            entry.update({k: v.to_dict() for k, v in self.metrics(group).items()})
+            entry: dict[str, Any] = {
+                'n_frames': int(self.n_frames.get(group, 0)),
+                'n_non_finite': int(self.n_non_finite(group, members)),
+            }
+            entry.update({k: v.to_dict() for k, v in self.metrics(group, members).items()})
             out[group] = entry
         return out
 

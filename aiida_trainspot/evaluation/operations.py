@@ -1,8 +1,9 @@
 """Calibration and selection as calcfunctions, so every decision is in the provenance graph.
 
 Both read the columns an :class:`~.calculation.EvaluationCalculation` wrote
-(``delta_*``, ``eps_*``, ``forces_mean``) and call the pure functions of
-:mod:`.calibration` and :mod:`.selection`.
+(``delta_*``, ``eps_*``, ``forces_mean``, ``non_finite``) and call the pure functions of
+:mod:`.calibration` and :mod:`.selection`. Frames flagged ``non_finite`` (a member's prediction
+was not finite) are left out of the calibration and are candidates of the selection.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ def _column(dataset: PESData, name: str) -> np.ndarray | None:
     values = np.asarray(values, dtype=float).copy()
     values[~present] = np.nan
     return values
+
+
+def non_finite_frames(dataset: PESData) -> np.ndarray:
+    """(F,) the frames flagged ``non_finite`` by the evaluation (none without the column)."""
+    if 'non_finite' not in dataset.column_names:
+        return np.zeros(len(dataset), dtype=bool)
+    values, present = dataset.get_column('non_finite')
+    return np.asarray(values, dtype=bool).reshape(-1) & np.asarray(present, dtype=bool)
 
 
 def disagreement_and_errors(
@@ -69,13 +78,18 @@ def calibrate_committee(
     splits whose frames the fit uses, e.g. ``['validation', 'test']``; all frames when absent, or
     when those splits hold fewer than ``min_points`` labelled frames). ``diagnostics['splits']``
     records which frames were used; its rates score δ against the same kind of error.
+    Frames flagged ``non_finite`` (some member's prediction was not finite, so their δ and ε
+    come from fewer members) are never used (``diagnostics['n_non_finite']`` counts them).
     """
     deltas, mean_errors = disagreement_and_errors(predictions)
+    flagged = non_finite_frames(predictions)
+    mean_errors = {k: np.where(flagged, np.nan, v) for k, v in mean_errors.items()}
     options = settings.get_dict()
     kind = options.get('error', DEFAULT_ERROR_KIND)
     used, used_splits = calibration_frames(
         predictions, mean_errors, options.get('splits'), options.get('min_points', 5)
     )
+    used = used & ~flagged
     deltas = {k: v[used] for k, v in deltas.items()}
     mean_errors = {k: v[used] for k, v in mean_errors.items()}
     errors = errors_of(kind, deltas, mean_errors)  # the ε that δ is fitted to and scored against
@@ -108,6 +122,7 @@ def calibrate_committee(
         'grid': {},
         'splits': used_splits,
         'n_frames': int(used.sum()),
+        'n_non_finite': int(flagged.sum()),
     }
     for name, tau in calibration.thresholds.items():
         if name in errors:
@@ -196,7 +211,7 @@ def min_distances(dataset: PESData, cutoff: float) -> np.ndarray:
 def select_for_labelling(
     predictions: PESData, calibration: orm.Dict, settings: orm.Dict, seed: orm.Int
 ) -> dict[str, orm.Data]:
-    """Candidates above τ, minus unphysical frames, thinned and capped (seeded)."""
+    """Candidates above τ or flagged ``non_finite``, minus unphysical frames, thinned, capped."""
     deltas, _ = disagreement_and_errors(predictions)
     options = SelectionSettings.from_dict(settings.get_dict())
     columns = predictions.get_columns(
@@ -221,6 +236,7 @@ def select_for_labelling(
         pbc=columns.frame['pbc'],
         min_distances=min_distances(predictions, 2.0 * options.min_distance),
         max_forces=max_forces,
+        non_finite=non_finite_frames(predictions),
         settings=options,
     )
     return {

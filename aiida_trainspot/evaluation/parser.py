@@ -3,7 +3,9 @@
 For every input dataset ``<name>`` the shard ``predictions/<name>.h5`` written by
 ``trainspot-evaluate`` becomes ``predictions.<name>``: the input dataset with the prediction
 columns set on all its frames (:meth:`PESData.with_columns`, so labels, metadata and shards are
-shared with the input). ``metrics.json`` becomes the ``metrics`` Dict. See
+shared with the input). ``metrics.json`` becomes the ``metrics`` Dict, which always holds
+``dropped_members`` (a list of member labels) and ``non_finite_frames`` (``{dataset: [frame
+indices]}``), empty when every prediction was finite. See
 :class:`~aiida_trainspot.evaluation.calculation.EvaluationCalculation` for the exit codes.
 """
 
@@ -63,6 +65,13 @@ class EvaluationParser(Parser):
                 detail=f'it describes members {metrics.get("members")} and datasets '
                 f'{sorted(metrics.get("datasets", {}))}, not {members} and {sorted(datasets)}',
             )
+        metrics.setdefault('dropped_members', [])
+        metrics.setdefault('non_finite_frames', {})
+        problem = _non_finite_problem(metrics, members, datasets)
+        if problem:
+            return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
+                filename=METRICS_FILE, detail=problem
+            )
         available = []
         if PREDICTIONS_DIR in names:
             available = self.retrieved.base.repository.list_object_names(PREDICTIONS_DIR)
@@ -96,6 +105,23 @@ class EvaluationParser(Parser):
                     return getattr(self.exit_codes, exit_code).format(detail=detail)
         detail = stderr[-_STDERR_TAIL:].strip() or 'the evaluation printed nothing on stderr'
         return self.exit_codes.ERROR_OUTPUT_MISSING.format(filename=METRICS_FILE, detail=detail)
+
+
+def _non_finite_problem(
+    metrics: dict, members: list[str], datasets: dict[str, PESData]
+) -> str | None:
+    """Why ``dropped_members`` or ``non_finite_frames`` of ``metrics`` are inconsistent, or None."""
+    dropped = metrics['dropped_members']
+    if not isinstance(dropped, list) or not set(dropped) <= set(members):
+        return f'dropped_members {dropped!r} are not members {members}'
+    flagged = metrics['non_finite_frames']
+    if not isinstance(flagged, dict) or not set(flagged) <= set(datasets):
+        return f'non_finite_frames names datasets other than {sorted(datasets)}'
+    for name, frames in flagged.items():
+        n_frames = len(datasets[name])
+        if not all(isinstance(i, int) and 0 <= i < n_frames for i in frames):
+            return f'non_finite_frames of {name!r} are not frame indices below {n_frames}'
+    return None
 
 
 def _with_predictions(dataset: PESData, columns: Columns, members: list[str]) -> PESData:

@@ -4,7 +4,10 @@ The steps, in order (``F`` frames, per-frame arrays of length ``F``):
 
 1. **Candidates**: frames with :math:`\delta_\alpha > \tau_\alpha` for any property
    :math:`\alpha` that has both a threshold and a disagreement (NaN never exceeds a threshold,
-   so a property missing for a frame cannot make it a candidate).
+   so a property missing for a frame cannot make it a candidate), and frames flagged
+   ``non_finite`` (reason ``'non_finite'``: a member's prediction of the frame was not finite,
+   the plainest sign that the committee does not know it; its δ, from the other members, may
+   be anything or missing).
 2. **Trust bound**: a candidate is *rejected* (recorded with its reasons, never labelled) when
    it is unphysical or far outside what the committee knows:
 
@@ -30,13 +33,18 @@ The steps, in order (``F`` frames, per-frame arrays of length ``F``):
    ``cap_order='random'`` (the default, the paper's rule) they are drawn without replacement by
    ``numpy.random.default_rng(seed)``; with ``cap_order='disagreement'`` the frames furthest above
    their thresholds come first (largest :math:`\max_\alpha \delta_\alpha / \tau_\alpha`, ties by
-   frame index), which spends a small label budget where the committee is least sure.
+   frame index), which spends a small label budget where the committee is least sure; frames
+   flagged ``non_finite`` rank before all others.
+
+Flagged frames go through the trust bound like the others (their committee-mean forces are those
+of the members with a finite prediction; a frame whose members are all non-finite has none, and
+only its distances are checked).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -112,7 +120,8 @@ class SelectionResult:
 
     ``rejected``, ``thinned`` and ``selected`` are disjoint subsets of ``candidates``; those
     neither rejected, thinned nor selected were dropped by the random cap. ``reasons`` maps each
-    of :data:`REJECTION_REASONS` to an (F,) boolean array over *all* frames.
+    of :data:`REJECTION_REASONS` to an (F,) boolean array over *all* frames. ``non_finite``:
+    the frames flagged ``non_finite``, candidates for that reason (whatever their δ).
     """
 
     n_frames: int
@@ -122,6 +131,7 @@ class SelectionResult:
     selected: np.ndarray
     reasons: dict[str, np.ndarray]
     seed: int
+    non_finite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def counts(self) -> dict[str, int]:
@@ -135,6 +145,8 @@ class SelectionResult:
             'capped': int(kept - self.selected.size),
             'selected': int(self.selected.size),
             **{f'rejected_{r}': int(self.reasons[r][self.rejected].sum()) for r in self.reasons},
+            'non_finite': int(self.non_finite.size),
+            'selected_non_finite': int(np.isin(self.selected, self.non_finite).sum()),
         }
 
     def rejection_reasons(self, frame: int) -> list[str]:
@@ -142,11 +154,15 @@ class SelectionResult:
         return [name for name, flags in self.reasons.items() if flags[frame]]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form: counts, index lists and the reasons of each rejected frame."""
+        """JSON-serialisable form: counts, index lists and the reasons of each rejected frame.
+
+        ``non_finite`` lists the candidates flagged non-finite (candidates for that reason).
+        """
         return {
             'seed': self.seed,
             'counts': self.counts,
             'candidates': self.candidates.tolist(),
+            'non_finite': self.non_finite.tolist(),
             'rejected': {str(i): self.rejection_reasons(i) for i in self.rejected.tolist()},
             'thinned': self.thinned.tolist(),
             'selected': self.selected.tolist(),
@@ -333,6 +349,7 @@ def select_frames(
     pbc: Any = None,
     min_distances: Any = None,
     max_forces: Any = None,
+    non_finite: Any = None,
     settings: SelectionSettings | None = None,
 ) -> SelectionResult:
     """Candidates → trust bound → near-duplicate thinning → cap (seeded random or by excess δ/τ).
@@ -345,12 +362,20 @@ def select_frames(
         which is skipped when either is None (see :func:`thin_near_duplicates` for the rest).
     :param min_distances: (F,) minimum interatomic distance per frame (Å), or None.
     :param max_forces: (F,) largest committee-mean force norm per frame (eV/Å), or None.
+    :param non_finite: (F,) frames where a member's prediction was not finite, or None: always
+        candidates, first under ``cap_order='disagreement'``.
     """
     settings = settings or SelectionSettings()
     deltas = property_arrays(disagreement)
     taus = _threshold_map(thresholds)
     candidates = candidate_mask(deltas, taus)
     n_frames = candidates.size
+    flagged = np.zeros(n_frames, dtype=bool)
+    if non_finite is not None:
+        flagged = np.asarray(non_finite, dtype=bool).reshape(-1)
+        if flagged.shape != (n_frames,):
+            raise ValueError(f'non_finite must have shape ({n_frames},), got {flagged.shape}')
+    candidates = candidates | flagged
     reasons = trust_violations(
         n_frames,
         force_disagreement=deltas.get('forces'),
@@ -381,7 +406,7 @@ def select_frames(
     cap = settings.max_selected
     if cap is not None and trusted.size > int(cap):
         if settings.cap_order == 'disagreement':
-            excess = excess_over_threshold(deltas, taus)[trusted]
+            excess = np.where(flagged, np.inf, excess_over_threshold(deltas, taus))[trusted]
             selected = np.sort(trusted[np.argsort(-excess, kind='stable')[: int(cap)]])
         else:
             rng = np.random.default_rng(int(seed))
@@ -394,4 +419,5 @@ def select_frames(
         selected=selected.astype(np.int64),
         reasons=reasons,
         seed=int(seed),
+        non_finite=_indices(flagged),
     )

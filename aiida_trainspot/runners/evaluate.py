@@ -23,11 +23,21 @@ frames at a time; every chunk goes through every member
 ``output``; the metrics of every dataset (RMSE/MAE per split, disagreement distribution) go to
 ``metrics`` last, so a complete metrics file means a complete job. Files are written under a
 temporary name and renamed, so a killed job leaves no truncated output. A one-line JSON report
-(frames, seconds, frames/s) is printed on stdout.
+(frames, seconds, frames/s, non-finite frames, dropped members) is printed last on stdout.
+
+Non-finite predictions do not fail the job. A member's non-finite energy, force or stress on a
+frame is stored as NaN for that member and frame, the frame's statistics use the other members,
+and the frame is flagged (column ``non_finite``; ``metrics['non_finite_frames']``, by dataset,
+the indices of the flagged frames; left out of the error metrics). A member non-finite on every
+frame of every dataset is dropped: listed in ``metrics['dropped_members']``, left out of every
+statistic and of the flags; its metrics are None. Both keys are always there (``[]``, ``{}``).
+Every such event is reported on stdout by a line starting with ``NON-FINITE`` or
+``MEMBER DROPPED``. With fewer than :data:`MIN_USABLE_MEMBERS` members left the job fails.
 
 Imports no AiiDA. Exit status: 0 on success; 2 on wrong usage; 3 when a model cannot be loaded,
-4 when an input cannot be read, 5 when a member fails on a frame (a line starting with
-``MODEL LOAD FAILED``, ``INPUT UNREADABLE`` or ``INFERENCE FAILED`` on stderr says why).
+4 when an input cannot be read, 5 when a member's calculator raises on a frame or fewer than two
+members are left (a line starting with ``MODEL LOAD FAILED``, ``INPUT UNREADABLE`` or
+``INFERENCE FAILED`` on stderr says why).
 """
 
 from __future__ import annotations
@@ -38,13 +48,14 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aiida_trainspot.data.columns import STRUCTURE_COLUMNS, concatenate_columns
-from aiida_trainspot.data.store import DatasetIndex, FrameStore, write_shard
+from aiida_trainspot.data.store import DatasetIndex, FrameStore, read_shard, write_shard
 from aiida_trainspot.evaluation.calibration import Calibration
 from aiida_trainspot.evaluation.disagreement import DISAGREEMENT_UNITS, METRIC_UNITS, PROPERTIES
 from aiida_trainspot.evaluation.inference import (
@@ -52,8 +63,9 @@ from aiida_trainspot.evaluation.inference import (
     SPLIT_COLUMN,
     InferenceError,
     MetricsAccumulator,
+    committee_predictions,
     disagreement_summary,
-    predict_committee,
+    predict_members,
     prediction_columns,
     reference_labels,
     split_column,
@@ -71,6 +83,11 @@ from aiida_trainspot.training.loader import load_calculator
 
 INFERENCE_FAILED = 'INFERENCE FAILED'
 EXIT_INFERENCE_FAILED = 5
+#: Members a committee needs after dropping those non-finite everywhere (the
+#: ``MIN_MEMBERS`` of :mod:`aiida_trainspot.evaluation.calculation`, which imports AiiDA).
+MIN_USABLE_MEMBERS = 2
+NON_FINITE = 'NON-FINITE'
+MEMBER_DROPPED = 'MEMBER DROPPED'
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,6 +120,22 @@ def load_members(config: dict[str, Any]) -> list[Any]:
     return calculators
 
 
+@dataclass
+class DatasetResult:
+    """What :func:`evaluate_dataset` leaves for the end of the job.
+
+    ``metrics`` (the dataset's entry of ``metrics.json`` but ``splits`` and the non-finite
+    counts, which wait for the dropped members), ``accumulator`` (its error metrics),
+    ``finite`` (F, M) whether each member's prediction of each frame is finite, and
+    ``problems`` (member -> [(frame, what)]) the non-finite predictions.
+    """
+
+    metrics: dict[str, Any]
+    accumulator: MetricsAccumulator
+    finite: np.ndarray
+    problems: dict[int, list[tuple[int, str]]]
+
+
 def evaluate_dataset(
     entry: dict[str, Any],
     shards: Path,
@@ -112,8 +145,12 @@ def evaluate_dataset(
     batch_size: int,
     chunk_size: int,
     calibration: Calibration | None,
-) -> dict[str, Any]:
-    """Evaluate one dataset; write its predictions shard; return its metrics."""
+) -> DatasetResult:
+    """Evaluate one dataset; write its predictions shard; return its metrics and flags.
+
+    The shard's ``non_finite`` column counts every member; :func:`run` rewrites it when a
+    member is dropped.
+    """
     name = entry['name']
     try:
         index = DatasetIndex.from_file(entry['index'])
@@ -129,6 +166,8 @@ def evaluate_dataset(
     deltas: dict[str, list[np.ndarray]] = {key: [] for key in DISAGREEMENT_NAMES}
     n_labelled = dict.fromkeys(PROPERTIES, 0)
     n_stress = 0
+    finite: list[np.ndarray] = []
+    problems: dict[int, list[tuple[int, str]]] = {}
     with store:
         chunks = store.iter_chunks(chunk_size, wanted)
         while True:
@@ -141,13 +180,18 @@ def evaluate_dataset(
                     INPUT_FAILED, EXIT_INPUT_FAILED, f'{name}: {one_line(exc)}'
                 ) from exc
             try:
-                predictions = predict_committee(calculators, columns, batch_size=batch_size)
+                members = predict_members(calculators, columns, batch_size=batch_size)
             except InferenceError as exc:
                 detail = (
                     f'dataset {name}, frame {start + exc.frame}, member {labels[exc.member]}: '
                     f'{exc.reason}'
                 )
                 raise RunnerError(INFERENCE_FAILED, EXIT_INFERENCE_FAILED, detail) from exc
+            for member, prediction in enumerate(members):
+                for frame, what in prediction.problems.items():
+                    problems.setdefault(member, []).append((start + frame, what))
+            predictions = committee_predictions(members, columns)
+            finite.append(predictions.member_finite().T)
             reference = reference_labels(columns)
             accumulator.add(predictions, reference, split_column(columns))
             part = prediction_columns(predictions, reference, calibration)
@@ -160,16 +204,47 @@ def evaluate_dataset(
             n_stress += int(predictions.stress_present().sum())
     output = concatenate_columns(parts)
     write_atomically(Path(entry['output']), lambda path: write_shard(output, str(path)))
-    return {
+    metrics = {
         'n_frames': int(output.n_frames),
         'n_atoms': int(output.n_atoms.sum()),
         'n_labelled': n_labelled,
         'n_stress_predicted': n_stress,
-        'splits': accumulator.to_dict(),
         'disagreement': disagreement_summary(
             {k: np.concatenate(v) if v else np.zeros(0) for k, v in deltas.items()}, calibration
         ),
     }
+    finite_matrix = (
+        np.concatenate(finite) if finite else np.zeros((0, len(calculators)), dtype=bool)
+    )
+    return DatasetResult(metrics, accumulator, finite_matrix, problems)
+
+
+def _rewrite_flags(path: Path, flags: np.ndarray) -> None:
+    """Replace the ``non_finite`` column of the predictions shard at ``path``."""
+    columns = read_shard(str(path))
+    columns.frame['non_finite'] = flags
+    write_atomically(path, lambda target: write_shard(columns, str(target)))
+
+
+def _report_non_finite(
+    results: dict[str, DatasetResult], labels: Sequence[str], dropped: Sequence[int]
+) -> None:
+    """One stdout line per member and dataset with non-finite predictions, one per drop."""
+    for name, result in results.items():
+        for member, events in sorted(result.problems.items()):
+            frame, what = events[0]
+            print(
+                f'{NON_FINITE}: member {labels[member]} on {len(events)} of '
+                f'{result.finite.shape[0]} frames of dataset {name} (first: frame {frame}, '
+                f'{what})',
+                flush=True,
+            )
+    for member in dropped:
+        print(
+            f'{MEMBER_DROPPED}: {labels[member]} predicted non-finite values on every frame of '
+            'every dataset; it is left out of the committee',
+            flush=True,
+        )
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
@@ -187,11 +262,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     calculators = load_members(config)
     load_seconds = time.perf_counter() - start
-    datasets = {}
+    results: dict[str, DatasetResult] = {}
     timing = {}
     for entry in config['datasets']:
         begin = time.perf_counter()
-        datasets[entry['name']] = evaluate_dataset(
+        results[entry['name']] = evaluate_dataset(
             entry,
             shards,
             calculators,
@@ -201,14 +276,49 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             calibration=calibration,
         )
         seconds = time.perf_counter() - begin
-        n_frames = datasets[entry['name']]['n_frames']
+        n_frames = results[entry['name']].metrics['n_frames']
         timing[entry['name']] = {
             'n_frames': n_frames,
             'seconds': round(seconds, 3),
             'frames_per_second': round(n_frames / seconds, 3) if seconds > 0 else None,
         }
+    finite_anywhere = np.zeros(len(labels), dtype=bool)
+    for result in results.values():
+        finite_anywhere |= result.finite.any(axis=0)
+    dropped = np.flatnonzero(~finite_anywhere).tolist()
+    usable = np.flatnonzero(finite_anywhere).tolist()
+    _report_non_finite(results, labels, dropped)
+    if len(usable) < MIN_USABLE_MEMBERS:
+        raise RunnerError(
+            INFERENCE_FAILED,
+            EXIT_INFERENCE_FAILED,
+            f'members {[labels[m] for m in dropped]} predicted non-finite values on every frame '
+            f'of every dataset, which leaves {[labels[m] for m in usable]}; a committee needs '
+            f'at least {MIN_USABLE_MEMBERS}',
+        )
+    non_finite_frames = {}
+    datasets = {}
+    for entry in config['datasets']:
+        name = entry['name']
+        result = results[name]
+        flags = ~result.finite[:, usable].all(axis=1)
+        if dropped:
+            _rewrite_flags(Path(entry['output']), flags)
+        if flags.any():
+            non_finite_frames[name] = np.flatnonzero(flags).tolist()
+        datasets[name] = {
+            **result.metrics,
+            'n_non_finite': int(flags.sum()),
+            'non_finite_members': {
+                labels[m]: len(events) for m, events in sorted(result.problems.items())
+            },
+            'splits': result.accumulator.to_dict(usable),
+        }
+        timing[name]['n_non_finite'] = int(flags.sum())
     metrics = {
         'members': labels,
+        'dropped_members': [labels[m] for m in dropped],
+        'non_finite_frames': non_finite_frames,
         'engine': config['members'][0]['engine'] if config['members'] else None,
         'device': config.get('device', 'cpu'),
         'dtype': config.get('dtype', 'float64'),
@@ -222,7 +332,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         Path(config.get('metrics', 'metrics.json')),
         lambda path: path.write_text(json.dumps(metrics, indent=1, sort_keys=True)),
     )
-    return {'load_seconds': round(load_seconds, 3), 'datasets': timing}
+    return {
+        'load_seconds': round(load_seconds, 3),
+        'datasets': timing,
+        'dropped_members': metrics['dropped_members'],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

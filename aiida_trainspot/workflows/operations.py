@@ -19,6 +19,8 @@ from .records import dataset_summary, iteration_record, stage_summaries
 #: Columns an evaluation adds: a frame sent to labelling must not carry them into the dataset.
 PREDICTION_COLUMNS = tuple(FRAME_COLUMNS) + tuple(ATOM_COLUMNS) + tuple(ESTIMATED_ERROR_COLUMNS)
 ITERATION_COLUMN = 'iteration'
+#: Columns a labelling adds to the frames it could not label.
+FAILURE_COLUMNS = ('failure_reason', 'exit_status')
 EXPLORATION_METHOD = 'md'
 
 
@@ -42,6 +44,17 @@ def join_datasets(**parts: PESData) -> PESData:
     """Frames of ``part_0``, ``part_1``, ... in that order (empty parts allowed)."""
     ordered = [parts[k] for k in sorted(parts, key=lambda k: int(k.rsplit('_', 1)[1]))]
     return PESData.concatenate(ordered)
+
+
+@calcfunction
+def frames_to_retry(**failed: PESData) -> PESData:
+    """The frames whose labelling failed (``part_0``, ``part_1``, ... in order), ready to label.
+
+    The failure columns are dropped: the frames go back to labelling as they were first sent,
+    and a frame that fails again gets its new reason.
+    """
+    ordered = [failed[k] for k in sorted(failed, key=lambda k: int(k.rsplit('_', 1)[1]))]
+    return PESData.concatenate(ordered).without_columns(FAILURE_COLUMNS)
 
 
 @calcfunction

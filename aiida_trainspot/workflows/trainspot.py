@@ -37,6 +37,7 @@ from aiida_trainspot.training.workchain import TrainingWorkChain
 from . import inputs as checks
 from .loop import STAGES, decide, resume_point, stage_seed
 from .operations import (
+    frames_to_retry,
     join_datasets,
     labelled_mask,
     partition_by_labels,
@@ -52,6 +53,24 @@ def iteration_checkpoints(node: orm.ProcessNode) -> dict[str, Any]:
     Read from the RETURN links, so it works on a running, failed or killed run as well.
     """
     return node.base.links.get_outgoing(link_type=LinkType.RETURN).nested()
+
+
+def outstanding_failures(iterations: dict[int, dict[str, Any]], up_to: int) -> list[PESData]:
+    """The frames of iterations ``<= up_to`` whose labelling failed and that no retry took.
+
+    Candidates are each iteration's ``failed`` and ``retry_failed`` checkpoints; a retry's
+    ``retried`` checkpoint was made from the failed datasets it took, so those are done.
+    """
+    candidates: list[PESData] = []
+    taken: set[str] = set()
+    for number in sorted(n for n in iterations if n <= up_to):
+        checkpoints = iterations[number]
+        candidates += [checkpoints[n] for n in ('failed', 'retry_failed') if n in checkpoints]
+        if 'retried' in checkpoints and 'retry_summary' in checkpoints:
+            creator = checkpoints['retried'].creator
+            incoming = creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC)
+            taken |= {node.uuid for node in incoming.all_nodes()}
+    return [node for node in candidates if node.uuid not in taken and len(node)]
 
 
 def iteration_key(iteration: int) -> str:
@@ -109,6 +128,14 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             'UUID, stored as the UUID): continue after its last completed stage with its '
             'iteration count, dataset, committee, calibration and history. Give the same inputs '
             '(`node.get_builder_restart()`). Its checkpoints become outputs of the new run.',
+        )
+        spec.input(
+            'retry_failed_labels',
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(True),
+            help="With `restart_from`: label again, with this run's labelling inputs, the frames "
+            'whose labelling failed in the runs it continues (so fixed settings recover them), '
+            'before the next training. False: leave them out.',
         )
         spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0), help='Seeds all draws.')
         spec.input(
@@ -199,6 +226,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             cls.prepare_initial_dataset,
             while_(cls.should_iterate)(
                 if_(cls.should_label)(cls.run_labelling, cls.inspect_labelling),
+                if_(cls.should_retry)(cls.run_retry, cls.inspect_retry),
                 if_(cls.should_train)(cls.run_training, cls.inspect_training),
                 if_(cls.should_explore)(cls.run_exploration, cls.inspect_exploration),
                 cls.run_evaluation,
@@ -236,7 +264,8 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             dynamic=True,
             help='Per iteration (iteration_<NN>): labelled, failed, dataset, models, explored, '
             'predictions, calibration, diagnostics, selected, record and the stage summaries, '
-            'each emitted when its stage ends.',
+            'each emitted when its stage ends; retried, retry_dataset, retry_failed and '
+            'retry_summary when a restart labelled failed frames again.',
         )
         spec.exit_code(401, 'ERROR_AUGMENTATION_FAILED', message='Augmentation failed: {detail}')
         spec.exit_code(402, 'ERROR_LABELLING_FAILED', message='Labelling failed: {detail}')
@@ -255,7 +284,6 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             'ERROR_NO_LABELLED_FRAMES',
             message='No frame could be labelled: nothing to train on.',
         )
-        spec.exit_code(409, 'ERROR_RESTART_FAILED', message='Cannot restart from {pk}: {detail}')
 
     # ------------------------------------------------------------------ protocols
 
@@ -336,16 +364,22 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             self.ctx.dataset = source.get('dataset')
             self.ctx.models = dict(source.get('models', {}))
         else:
-            self.ctx.dataset = current.get('dataset', current.get('labelled'))
+            names = [n for n in ('dataset', 'retry_dataset', 'labelled') if n in current]
+            self.ctx.dataset = current[names[0]] if names else None
             self.ctx.models = dict(
                 current.get('models') or previous.get('models') or self.inputs.get('models', {})
             )
             self.ctx.explored = current.get('explored')
-            if 'labelling_summary' in current:
-                self.ctx.n_labels += current['labelling_summary']['n_frames']
+            for name in ('labelling_summary', 'retry_summary'):
+                if name in current:
+                    self.ctx.n_labels += current[name]['n_frames']
         if point.stage == 'done' or 'calibration' in current:
             self.ctx.calibration = current.get('calibration', source.get('calibration'))
         self.ctx.resumed = True
+        self.ctx.retried_in = {n for n, it in iterations.items() if 'retry_summary' in it}
+        if self.inputs.retry_failed_labels.value and point.stage != 'done':
+            failed = outstanding_failures(iterations, point.iteration)
+            self.ctx.to_retry = failed or None
         self.report(
             f'restart from {node.pk}: iteration {point.iteration}, continuing at {point.stage}'
         )
@@ -367,8 +401,8 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         """Take the augmented frames."""
         node = self.ctx.augmentation
         if not node.is_finished_ok:
-            return self.exit_codes.ERROR_AUGMENTATION_FAILED.format(
-                detail=node.exit_message or node.process_state.value
+            return self._fail(
+                self.exit_codes.ERROR_AUGMENTATION_FAILED.format(detail=_failure_detail(node))
             )
         self.ctx.augmented = node.outputs.dataset
         self.report(f'augmentation: {len(node.outputs.dataset)} frames')
@@ -445,39 +479,49 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         due = self._stage_is_due('labelling') and self.ctx.to_label is not None
         return due and len(self.ctx.to_label) > 0
 
-    def run_labelling(self):
-        """Label the unlabelled initial frames, or the previous iteration's selection."""
+    def _submit_labelling(self, dataset: PESData, stage: str):
+        """Label ``dataset`` with this run's labelling inputs and the campaign's DFT settings."""
         inputs = AttributeDict(self.exposed_inputs(AbInitioLabellingWorkChain, 'labelling'))
-        inputs.dataset = self.ctx.to_label
+        inputs.dataset = dataset
         if self.ctx.dft_settings is not None:
             inputs.qe = {**inputs.qe, 'dft_settings': self.ctx.dft_settings}
-        inputs.metadata = {'call_link_label': f'{iteration_key(self.ctx.iteration)}_labelling'}
-        return ToContext(labelling=self.submit(AbInitioLabellingWorkChain, **inputs))
+        inputs.metadata = {'call_link_label': f'{iteration_key(self.ctx.iteration)}_{stage}'}
+        return ToContext(**{stage: self.submit(AbInitioLabellingWorkChain, **inputs)})
+
+    def _add_labelled(self, labelled: PESData, link: str) -> None:
+        """The dataset with ``labelled`` appended (a calcfunction when both hold frames)."""
+        parts = [p for p in (self.ctx.dataset, labelled) if p is not None and len(p)]
+        if len(parts) == 2:
+            label = f'{iteration_key(self.ctx.iteration)}_{link}'
+            parts = [
+                join_datasets(part_0=parts[0], part_1=parts[1], metadata={'call_link_label': label})
+            ]
+        self.ctx.dataset = parts[0] if parts else None
+
+    def _take_labels(self, node: orm.WorkflowNode, link: str) -> dict[str, Any] | None:
+        """Count the frames a labelling was sent, add what it labelled; None: it gave nothing."""
+        if 'labelled' not in node.outputs:
+            return None
+        summary = node.outputs.summary.get_dict()
+        self.ctx.n_labels += summary['n_frames']
+        self._add_labelled(node.outputs.labelled, link)
+        return summary
+
+    def run_labelling(self):
+        """Label the unlabelled initial frames, or the previous iteration's selection."""
+        return self._submit_labelling(self.ctx.to_label, 'labelling')
 
     def inspect_labelling(self):
         """Add the labelled frames to the dataset; report the failed ones."""
         node = self.ctx.labelling
         outputs = node.outputs
-        if 'labelled' not in outputs:
+        summary = self._take_labels(node, 'merge')
+        if summary is None:
             return self._fail(
-                self.exit_codes.ERROR_LABELLING_FAILED.format(
-                    detail=node.exit_message or node.process_state.value
-                )
+                self.exit_codes.ERROR_LABELLING_FAILED.format(detail=_failure_detail(node))
             )
-        summary = outputs.summary.get_dict()
-        self.ctx.n_labels += summary['n_frames']
-        parts = [p for p in (self.ctx.dataset, outputs.labelled) if p is not None and len(p)]
-        if not parts:
+        if self.ctx.dataset is None:
             return self._fail(self.exit_codes.ERROR_NO_LABELLED_FRAMES)
-        self.ctx.dataset = (
-            parts[0]
-            if len(parts) == 1
-            else join_datasets(
-                part_0=parts[0],
-                part_1=parts[1],
-                metadata={'call_link_label': f'{iteration_key(self.ctx.iteration)}_merge'},
-            )
-        )
         self.ctx.to_label = None
         self._checkpoint(
             labelled=self.ctx.dataset,
@@ -491,8 +535,52 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         )
         if not node.is_finished_ok:
             return self._fail(
-                self.exit_codes.ERROR_LABELLING_FAILED.format(detail=node.exit_message)
+                self.exit_codes.ERROR_LABELLING_FAILED.format(detail=_failure_detail(node))
             )
+        return None
+
+    def should_retry(self) -> bool:
+        """Label again, once, the frames that failed in the runs this one continues."""
+        retry = self.ctx.get('to_retry')
+        return (
+            retry is not None
+            and self._stage_is_due('training')
+            and self.ctx.iteration not in self.ctx.get('retried_in', set())
+        )
+
+    def run_retry(self):
+        """Label the failed frames with this run's labelling inputs (the user's fix)."""
+        key = iteration_key(self.ctx.iteration)
+        parts = {f'part_{k}': part for k, part in enumerate(self.ctx.to_retry)}
+        self.ctx.retried = frames_to_retry(**parts, metadata={'call_link_label': f'{key}_retried'})
+        self.ctx.to_retry = None
+        self.report(
+            f'iteration {self.ctx.iteration}: labelling again the {len(self.ctx.retried)} frames '
+            'whose labelling failed before the restart'
+        )
+        return self._submit_labelling(self.ctx.retried, 'relabelling')
+
+    def inspect_retry(self):
+        """Add what the retry labelled; frames that fail again are recorded, not fatal."""
+        node = self.ctx.relabelling
+        outputs = node.outputs
+        summary = self._take_labels(node, 'retry_merge')
+        if summary is None:
+            return self._fail(
+                self.exit_codes.ERROR_LABELLING_FAILED.format(detail=_failure_detail(node))
+            )
+        self.ctx.retried_in = {*self.ctx.get('retried_in', set()), self.ctx.iteration}
+        self._checkpoint(
+            retried=self.ctx.retried,
+            retry_dataset=self.ctx.dataset,
+            retry_failed=outputs.failed,
+            retry_summary=outputs.summary,
+        )
+        self.report(
+            f'iteration {self.ctx.iteration} retry: {summary["n_labelled"]} of '
+            f'{summary["n_frames"]} failed frames labelled, {summary["n_failed"]} failed again; '
+            f'dataset {len(self.ctx.dataset) if self.ctx.dataset is not None else 0} frames'
+        )
         return None
 
     def should_train(self) -> bool:
@@ -516,9 +604,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         node = self.ctx.training
         if not node.is_finished_ok:
             return self._fail(
-                self.exit_codes.ERROR_TRAINING_FAILED.format(
-                    detail=node.exit_message or node.process_state.value
-                )
+                self.exit_codes.ERROR_TRAINING_FAILED.format(detail=_failure_detail(node))
             )
         self.ctx.dataset = node.outputs.dataset
         self.ctx.models = dict(node.outputs.models)
@@ -550,9 +636,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         node = self.ctx.exploration
         if not node.is_finished_ok:
             return self._fail(
-                self.exit_codes.ERROR_EXPLORATION_FAILED.format(
-                    detail=node.exit_message or node.process_state.value
-                )
+                self.exit_codes.ERROR_EXPLORATION_FAILED.format(detail=_failure_detail(node))
             )
         self.ctx.explored = node.outputs.trajectory
         self.ctx.summaries['exploration'] = node.outputs.summary
@@ -574,9 +658,7 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         node = self.ctx.evaluation
         if not node.is_finished_ok:
             return self._fail(
-                self.exit_codes.ERROR_EVALUATION_FAILED.format(
-                    detail=node.exit_message or node.process_state.value
-                )
+                self.exit_codes.ERROR_EVALUATION_FAILED.format(detail=_failure_detail(node))
             )
         key = iteration_key(self.ctx.iteration)
         predictions = node.outputs.predictions
@@ -642,13 +724,15 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         }
         if selected is not None:
             checkpoint['selected'] = selected
-        self._checkpoint(**checkpoint)
-        self.ctx.summaries = {}
         self.report(self._iteration_line(record.get_dict()))
         if decision.failure:
+            # No checkpoint: a restart with other selection settings evaluates this iteration again.
             return self._fail(
                 self.exit_codes.ERROR_NO_SELECTABLE_FRAMES.format(n_candidates=counts['candidates'])
             )
+        self._checkpoint(**checkpoint)
+        self.ctx.summaries = {}
+        self._drop_broken_members(node.outputs.metrics.get_dict())
         if decision.goes_on:
             self.ctx.iteration += 1
             self.ctx.stage = 'labelling'
@@ -658,6 +742,22 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             self.ctx.stop_reason = decision.stop_reason
             self.ctx.pending = selected if decision.stop_reason != 'converged' else None
         return None
+
+    def _drop_broken_members(self, metrics: dict[str, Any]) -> None:
+        """Members the evaluation found non-finite on every frame leave the committee.
+
+        The next training starts them from scratch (no warm start from a broken model), and
+        exploration no longer draws them.
+        """
+        dropped = [m for m in metrics.get('dropped_members', []) if m in self.ctx.models]
+        for label in dropped:
+            del self.ctx.models[label]
+        flagged = sum(len(v) for v in metrics.get('non_finite_frames', {}).values())
+        if dropped or flagged:
+            self.report(
+                f'iteration {self.ctx.iteration}: {flagged} frames with a non-finite prediction; '
+                f'members dropped as non-finite everywhere: {dropped or "none"}'
+            )
 
     def _iteration_line(self, record: dict[str, Any]) -> str:
         validation = record['rmse'].get('validation', {})
@@ -728,6 +828,18 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             f'{len(self.ctx.dataset) if self.ctx.dataset is not None else 0} labelled frames, '
             f'{len(self.ctx.models)} members'
         )
+
+
+def _failure_detail(node: orm.ProcessNode) -> str:
+    """What went wrong in a stage: its process, state or exit status, and its exit message."""
+    if node.is_excepted:
+        lines = (node.exception or '').strip().splitlines()
+        what = f'excepted: {lines[-1]}' if lines else 'excepted'
+    elif node.is_killed:
+        what = 'killed'
+    else:
+        what = f'exit {node.exit_status}: {node.exit_message or "no message"}'
+    return f'{node.process_label}<{node.pk}> {what}'
 
 
 def _fmt(value: float | None) -> str:

@@ -150,6 +150,7 @@ def check_predictions(output, dataset, expected, calibration=None, labels=None, 
         np.testing.assert_array_equal(columns.mask(name), periodic, err_msg=name)
     for name in ('energy_members', 'energy_mean', 'delta_energy', 'delta_forces'):
         assert columns.mask(name).all()
+    assert not columns.column('non_finite').any()  # every prediction was finite
     if labels is None:
         for name in ('energy', 'forces', 'stress'):
             assert not columns.mask(f'eps_{name}').any()
@@ -191,6 +192,11 @@ def test_entry_points():
         code.status for code in spec.exit_codes.values() if code.status >= 300
     }  # fmt: skip
     assert codes == {300, 301, 302, 303, 304}
+    # the runner (no AiiDA import) keeps its own copy of the committee's minimum size
+    from aiida_trainspot.evaluation.calculation import MIN_MEMBERS
+    from aiida_trainspot.runners.evaluate import MIN_USABLE_MEMBERS
+
+    assert MIN_USABLE_MEMBERS == MIN_MEMBERS
     assert member_order(['member_10', 'member_2', 'member_0']) == [
         'member_0', 'member_2', 'member_10'
     ]  # fmt: skip
@@ -245,6 +251,8 @@ def test_mace_committee(mace_run, committees, datasets):
 
     metrics = results['metrics'].get_dict()
     assert metrics['members'] == ['member_0', 'member_1']
+    assert metrics['dropped_members'] == [] and metrics['non_finite_frames'] == {}
+    assert metrics['datasets']['labelled']['n_non_finite'] == 0
     assert metrics['units'] == {
         'energy': 'meV/atom', 'forces': 'meV/Angstrom', 'stress': 'meV/Angstrom^3'
     }  # fmt: skip
@@ -433,3 +441,120 @@ def test_job_folder_of_a_dry_run(evaluate_code, committees, datasets, tmp_path):
     ])  # fmt: skip
     config = json.loads((folder / 'evaluation.json').read_text())
     assert [m['extensions'] for m in config['members']] == [None, 'models/member_1/extensions']
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-finite predictions: the real runner and parser, with one member's calculator wrapped so that
+# it returns a NaN energy on chosen frames
+
+SLAB = 2  # the slab of explored_frames(), its only frame of 12 atoms
+
+
+def test_a_nan_on_one_frame_costs_that_frame_only(poisoned_evaluate_code, committees, datasets):
+    from aiida_trainspot.evaluation.operations import select_for_labelling
+
+    models = committees['mace']
+    assert datasets['explored'].n_atoms_per_frame().tolist().count(12) == 1
+    assert datasets['explored'].n_atoms_per_frame()[SLAB] == 12
+    code = poisoned_evaluate_code({'member_1': 12})
+    results, node = run_get_node(
+        EvaluationCalculation,
+        code=code,
+        models=models,
+        datasets=datasets,
+        calibration=orm.Dict(CALIBRATION.to_dict()),
+    )
+    assert node.is_finished_ok, node.exit_message
+    metrics = results['metrics'].get_dict()
+    assert metrics['non_finite_frames'] == {'explored': [SLAB]}
+    assert metrics['dropped_members'] == []
+    explored = metrics['datasets']['explored']
+    assert explored['n_non_finite'] == 1 and explored['non_finite_members'] == {'member_1': 1}
+    assert metrics['datasets']['labelled']['n_non_finite'] == 0
+    stdout = node.outputs.retrieved.base.repository.get_object_content('trainspot-evaluate.out')
+    assert 'NON-FINITE: member member_1 on 1 of 7 frames of dataset explored (first: frame 2' in (
+        stdout
+    )
+    # the labelled frames (no 12-atom frame among them) are untouched
+    labelled = results['predictions']['labelled']
+    expected = direct_predictions(models, datasets['labelled'])
+    labels = labels_of(datasets['labelled'])
+    check_predictions(labelled, datasets['labelled'], expected, CALIBRATION, labels)
+    # the explored frames: the slab is flagged, member_1 NaN there, the rest as without the NaN
+    output = results['predictions']['explored']
+    columns = output.get_columns()
+    flags = columns.column('non_finite')
+    assert flags.tolist() == [i == SLAB for i in range(len(output))]
+    clean = direct_predictions(models, datasets['explored'])
+    other = ~flags
+    stats = committee_statistics(clean)
+    delta = committee_disagreement(clean)
+    np.testing.assert_allclose(columns.column('energy_mean')[other], stats.mean_energy[other])
+    np.testing.assert_allclose(columns.column('delta_forces')[other], delta.forces[other])
+    energies = columns.column('energy_members')
+    assert np.isnan(energies[SLAB, 1]) and columns.mask('energy_members')[SLAB]
+    assert energies[SLAB, 0] == pytest.approx(clean.energy[0, SLAB], abs=TOLERANCE)
+    # one member left: the mean is its prediction, there is no disagreement
+    assert columns.column('energy_mean')[SLAB] == pytest.approx(clean.energy[0, SLAB], abs=1e-10)
+    assert not columns.mask('delta_forces')[SLAB] and not columns.mask('delta_energy')[SLAB]
+    # and the campaign goes on: the flagged frame is a candidate for labelling
+    selection = select_for_labelling(
+        output,
+        orm.Dict(CALIBRATION.to_dict()),
+        orm.Dict({'min_displacement': 0.0}),
+        orm.Int(0),
+    )
+    report = selection['report'].get_dict()
+    assert report['non_finite'] == [SLAB] and SLAB in report['selected']
+
+
+def test_a_member_nan_everywhere_is_dropped(poisoned_evaluate_code, committees, datasets):
+    mace = committees['mace']
+    models = {**mace, 'member_2': mace['member_0']}  # a third member, which fails everywhere
+    code = poisoned_evaluate_code({'member_2': None})
+    results, node = run_get_node(EvaluationCalculation, code=code, models=models, datasets=datasets)
+    assert node.is_finished_ok, node.exit_message
+    metrics = results['metrics'].get_dict()
+    assert metrics['dropped_members'] == ['member_2']
+    assert metrics['non_finite_frames'] == {}
+    stdout = node.outputs.retrieved.base.repository.get_object_content('trainspot-evaluate.out')
+    assert 'MEMBER DROPPED: member_2' in stdout
+    # every statistic is the two-member committee's
+    expected = direct_predictions(mace, datasets['labelled'])
+    labels = labels_of(datasets['labelled'])
+    columns = results['predictions']['labelled'].get_columns()
+    assert not columns.column('non_finite').any()
+    assert np.isnan(columns.column('energy_members')[:, 2]).all()
+    stats = committee_statistics(expected)
+    delta = committee_disagreement(expected)
+    errors = true_errors(expected, labels)
+    for name, value in (
+        ('energy_mean', stats.mean_energy),
+        ('forces_mean', stats.mean_forces),
+        ('stress_std', stats.std_stress),
+        ('delta_energy', delta.energy),
+        ('delta_forces_max', delta.forces_max),
+        ('eps_forces', errors.forces),
+    ):
+        np.testing.assert_allclose(columns.column(name), value, rtol=TOLERANCE, atol=TOLERANCE)
+    for name, reference in error_metrics(expected, labels).items():
+        got = metrics['datasets']['labelled']['splits']['all'][name]
+        assert got['n_frames'] == reference.n_frames > 0
+        assert got['member_rmse'][2] is None
+        np.testing.assert_allclose(got['member_rmse'][:2], reference.member_rmse, rtol=1e-8)
+        np.testing.assert_allclose(got['committee_rmse'], reference.committee_rmse, rtol=1e-8)
+    explored = results['predictions']['explored'].get_columns()
+    assert not explored.column('non_finite').any()  # its flags were rewritten without member_2
+
+
+def test_too_few_members_left_fails_the_job(poisoned_evaluate_code, committees, datasets):
+    code = poisoned_evaluate_code({'member_1': None})
+    _, node = run_get_node(
+        EvaluationCalculation,
+        code=code,
+        models=committees['mace'],
+        datasets={'explored': datasets['explored']},
+    )
+    assert node.exit_status == EvaluationCalculation.exit_codes.ERROR_INFERENCE_FAILED.status
+    assert "members ['member_1'] predicted non-finite values on every frame" in node.exit_message
+    assert "which leaves ['member_0']; a committee needs at least 2" in node.exit_message

@@ -426,3 +426,106 @@ def test_absent_stress_everywhere():
 def test_voigt_rms_counts_off_diagonals_twice():
     assert voigt_rms(np.array([1.0, 0, 0, 0, 0, 0])) == pytest.approx(1 / 3)
     assert voigt_rms(np.array([0, 0, 0, 1.0, 0, 0])) == pytest.approx(np.sqrt(2) / 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-finite members
+
+
+def poisoned(case, frame, member, where):
+    """A random committee with ``member`` non-finite on ``frame`` (in ``where``)."""
+    seed, n_frames, n_members, _ = case
+    pred = random_committee(seed, n_frames, n_members)
+    energy, forces = pred.energy.copy(), pred.forces.copy()
+    if where == 'energy':
+        energy[member, frame] = np.nan
+    else:  # one component of one atom: the member's whole frame goes
+        forces[member, frame_offsets(pred.n_atoms)[frame], 1] = -np.inf
+    return pred, CommitteePredictions(pred.n_atoms, energy, forces, pred.stress)
+
+
+def drop_member(pred, member, frames):
+    """The committee of ``frames`` without ``member``."""
+    keep = [m for m in range(pred.n_members) if m != member]
+    offsets = frame_offsets(pred.n_atoms)
+    atom_rows = np.concatenate([np.arange(offsets[f], offsets[f + 1]) for f in frames])
+    return CommitteePredictions(
+        pred.n_atoms[frames],
+        pred.energy[keep][:, frames],
+        pred.forces[keep][:, atom_rows],
+        pred.stress[keep][:, frames],
+    )
+
+
+@FAST
+@given(committees, st.sampled_from(['energy', 'forces']), st.data())
+def test_a_non_finite_member_is_left_out_of_its_frame_only(case, where, data):
+    _, n_frames, n_members, _ = case
+    frame = data.draw(st.integers(0, n_frames - 1))
+    member = data.draw(st.integers(0, n_members - 1))
+    clean, pred = poisoned(case, frame, member, where)
+    flags = np.zeros(n_frames, dtype=bool)
+    flags[frame] = True
+    assert pred.member_finite().sum() == n_members * n_frames - 1
+    np.testing.assert_array_equal(pred.non_finite(), flags)
+    assert not pred.non_finite([m for m in range(n_members) if m != member]).any()
+    offsets = frame_offsets(pred.n_atoms)
+    atoms = slice(offsets[frame], offsets[frame + 1])
+    assert np.isnan(pred.energy[member, frame]) and np.isnan(pred.forces[member, atoms]).all()
+    assert np.isnan(pred.stress[member, frame]).all()
+    stats, delta = committee_statistics(pred), committee_disagreement(pred)
+    clean_stats, clean_delta = committee_statistics(clean), committee_disagreement(clean)
+    other = ~flags
+    other_atoms = np.repeat(other, pred.n_atoms)
+    # every other frame: bit for bit the values of the committee that never failed
+    for name in ('mean_energy', 'std_energy_per_atom', 'mean_stress', 'std_stress'):
+        np.testing.assert_array_equal(
+            getattr(stats, name)[other], getattr(clean_stats, name)[other]
+        )
+    for name in ('mean_forces', 'std_forces'):
+        np.testing.assert_array_equal(
+            getattr(stats, name)[other_atoms], getattr(clean_stats, name)[other_atoms]
+        )
+    for name in ('energy', 'forces', 'forces_max', 'stress'):
+        np.testing.assert_array_equal(delta[name][other], clean_delta[name][other])
+    # the flagged frame: the committee without the member (NaN spreads with one member left)
+    if n_members == 1:
+        assert np.isnan(stats.mean_energy[frame]) and np.isnan(delta.energy[frame])
+        assert not pred.stress_present()[frame]
+        return
+    without = drop_member(clean, member, [frame])
+    w_stats, w_delta = committee_statistics(without), committee_disagreement(without)
+    assert stats.mean_energy[frame] == pytest.approx(w_stats.mean_energy[0], rel=1e-13)
+    np.testing.assert_allclose(stats.mean_forces[atoms], w_stats.mean_forces, rtol=1e-13)
+    np.testing.assert_allclose(stats.mean_stress[frame], w_stats.mean_stress[0], rtol=1e-13)
+    for name in ('energy', 'forces', 'forces_max', 'stress'):
+        if n_members == 2:
+            assert np.isnan(delta[name][frame]), name  # one member has no spread
+        else:
+            assert delta[name][frame] == pytest.approx(w_delta[name][0], rel=1e-12), name
+    assert pred.stress_present()[frame]
+
+
+def test_error_metrics_skip_flagged_frames_and_unscored_members():
+    clean, pred = poisoned((3, 6, 3, True), 2, 1, 'energy')
+    labels = random_labels(3, clean, missing=0.0)
+    kept = np.arange(6) != 2
+    got, expected = error_metrics(pred, labels), error_metrics(clean, labels, kept)
+    for name in ('energy', 'forces', 'stress'):
+        assert got[name].n_frames == expected[name].n_frames == 5
+        np.testing.assert_allclose(got[name].member_rmse, expected[name].member_rmse, rtol=1e-12)
+        assert got[name].committee_rmse == pytest.approx(expected[name].committee_rmse)
+    # scoring two members: the third has no values, the committee mean is over the two
+    two = error_metrics(pred, labels, members=[0, 2])
+    reference = error_metrics(drop_member(clean, 1, np.arange(6)), labels)
+    assert np.isnan(two['forces'].member_rmse[1])
+    assert two['forces'].n_frames == 6  # member 1's bad frame does not matter any more
+    assert two['forces'].committee_rmse == pytest.approx(reference['forces'].committee_rmse)
+    assert two['forces'].member_rmse_mean == pytest.approx(reference['forces'].member_rmse_mean)
+    assert json.dumps(two['forces'].to_dict())  # NaN becomes None
+
+
+def test_a_single_member_committee_still_has_zero_spread():
+    pred = random_committee(1, 4, 1)
+    delta = committee_disagreement(pred)
+    assert (delta.energy == 0).all() and (delta.forces == 0).all() and (delta.stress == 0).all()

@@ -218,9 +218,12 @@ def test_failures_name_member_and_frame():
     frames = [Atoms('H', cell=[5, 5, 5], pbc=True), Atoms('H2', [[0, 0, 0], [0, 0, 0.7]])]
     with pytest.raises(InferenceError, match=r'member 3 failed on frame 1: RuntimeError: boom$'):
         predict_member(Failing(2), frames, member=3)
-    with pytest.raises(InferenceError, match='frame 1: non-finite energy nan') as info:
-        predict_member(Failing(2, np.nan), frames)
-    assert (info.value.member, info.value.frame) == (0, 1)
+    # a non-finite result is no failure: the frame's values are NaN and the problem recorded
+    result = predict_member(Failing(2, np.nan), frames, member=3)
+    assert result.non_finite.tolist() == [False, True]
+    assert result.problems == {1: 'non-finite energy nan'}
+    assert np.isnan(result.forces[1:]).all() and np.isfinite(result.forces[0]).all()
+    assert np.isnan(result.stress[1]).all() and np.isfinite(result.stress[0]).all()
 
 
 def synthetic(rng, n_members=3, n_frames=9, stress_missing=(2, 5)):
@@ -386,3 +389,252 @@ def test_disagreement_summary_counts_candidates():
     }  # fmt: skip
     assert summary['calibration']['n_above_threshold'] == {'energy': 1, 'forces': 2}
     assert summary['calibration']['n_candidates'] == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-finite predictions: a member that blows up on a frame costs that frame, not the evaluation
+
+
+class Scaled(Calculator):
+    """EMT scaled by ``factor`` (a distinct committee member) that turns ``what`` non-finite.
+
+    ``poison``: the positions of the frames it fails on, or ``'all'`` for every frame.
+    """
+
+    implemented_properties = ('energy', 'forces', 'stress')
+
+    def __init__(self, factor, poison=(), what='energy'):
+        super().__init__()
+        self.factor, self.poison, self.what = factor, poison, what
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        frame = self.atoms.copy()
+        frame.calc = EMT()
+        self.results = {
+            'energy': self.factor * frame.get_potential_energy(),
+            'forces': self.factor * frame.get_forces(),
+            'stress': self.factor * frame.get_stress() if frame.pbc.all() else np.zeros(6),
+        }
+        hit = self.poison == 'all' or any(
+            len(p) == len(frame) and np.allclose(p, frame.positions) for p in self.poison
+        )
+        if hit and self.what == 'energy':
+            self.results['energy'] = np.nan
+        elif hit and self.what == 'forces':
+            self.results['forces'][0, 1] = np.inf
+        elif hit:
+            self.results['stress'][2] = np.nan
+
+
+BAD = 2  # the frame the bad member fails on
+
+
+def copper_frames():
+    """EMT-labelled Cu: periodic cells of two sizes and a cluster (no stress)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for index in range(6):
+        atoms = bulk('Cu', 'fcc', a=3.55 + 0.03 * index, cubic=True)
+        if index == 3:
+            atoms = atoms.repeat((2, 1, 1))
+        atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
+        frames.append(atoms)
+    frames.append(Atoms('Cu3', positions=[[0, 0, 0], [2.5, 0, 0], [0.1, 2.4, 0.1]]))
+    for atoms in frames:
+        atoms.calc = EMT()
+        results = {'energy': atoms.get_potential_energy(), 'forces': atoms.get_forces()}
+        if atoms.pbc.all():
+            results['stress'] = atoms.get_stress()
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    return frames
+
+
+def column_names(columns):
+    return [n for n in columns.names if n not in ('non_finite', 'energy_members')]
+
+
+@pytest.mark.parametrize('what', ['energy', 'forces', 'stress'])
+def test_a_non_finite_prediction_flags_its_frame_and_costs_nothing_else(what):
+    frames = copper_frames()
+    columns = columns_from_atoms(frames)
+    labels = reference_labels(columns)
+    poison = [frames[BAD].positions]
+    good = [Scaled(1.0), Scaled(1.04), Scaled(0.97)]
+    bad = [Scaled(1.0), Scaled(1.04), Scaled(0.97, poison=poison, what=what)]
+
+    member = predict_member(bad[2], [a.copy() for a in frames], member=2)  # no exception
+    assert np.flatnonzero(member.non_finite).tolist() == [BAD]
+    assert member.problems[BAD].startswith('non-finite ') and what in member.problems[BAD]
+    offsets = columns.offsets
+    atoms = slice(offsets[BAD], offsets[BAD + 1])
+    assert np.isnan(member.energy[BAD]) and np.isnan(member.forces[atoms]).all()
+    assert np.isnan(member.stress[BAD]).all()  # every value of the member on that frame
+
+    calibration = Calibration(slopes={'energy': 2.0, 'forces': 0.5, 'stress': 1.0})
+    out = prediction_columns(predict_committee(bad, columns), labels, calibration)
+    full = prediction_columns(predict_committee(good, columns), labels, calibration)
+    without = prediction_columns(predict_committee(good[:2], columns), labels, calibration)
+    flags = out.column('non_finite')
+    assert flags.dtype == bool and np.flatnonzero(flags).tolist() == [BAD]
+    assert not full.column('non_finite').any()
+    # the other frames: exactly the values of the committee that never failed
+    other = np.arange(len(frames)) != BAD
+    other_atoms = np.repeat(other, columns.n_atoms)
+    for name in [*column_names(out), 'energy_members']:
+        rows = other_atoms if name in out.atom else other
+        np.testing.assert_array_equal(out.column(name)[rows], full.column(name)[rows], name)
+        np.testing.assert_array_equal(out.mask(name)[other], full.mask(name)[other], name)
+    # the flagged frame: the bad member's values are NaN, the statistics those without it
+    np.testing.assert_array_equal(out.column('energy_members')[BAD, :2], good_energy(good, frames))
+    assert np.isnan(out.column('energy_members')[BAD, 2])
+    assert np.isnan(out.column('forces_members')[atoms, 2]).all()
+    assert out.mask('energy_members')[BAD] and out.mask('forces_members')[BAD]
+    for name in column_names(out):
+        if name in ('forces_members', 'stress_members'):
+            continue
+        rows = atoms if name in out.atom else BAD
+        np.testing.assert_allclose(
+            out.column(name)[rows], without.column(name)[rows], rtol=1e-14, atol=0, err_msg=name
+        )
+        assert out.mask(name)[BAD] == without.mask(name)[BAD], name
+    assert out.mask('delta_energy')[BAD] and out.mask('delta_stress')[BAD]  # 2 members left
+
+
+def good_energy(calculators, frames):
+    energies = []
+    for calculator in calculators[:2]:
+        atoms = frames[BAD].copy()
+        atoms.calc = calculator
+        energies.append(atoms.get_potential_energy())
+    return energies
+
+
+def test_one_finite_member_gives_a_mean_but_no_disagreement():
+    frames = copper_frames()
+    columns = columns_from_atoms(frames)
+    labels = reference_labels(columns)
+    poison = [frames[BAD].positions]
+    out = prediction_columns(
+        predict_committee([Scaled(1.0), Scaled(1.04, poison=poison)], columns), labels
+    )
+    alone = prediction_columns(predict_committee([Scaled(1.0)], columns), labels)
+    assert np.flatnonzero(out.column('non_finite')).tolist() == [BAD]
+    offsets = columns.offsets
+    atoms = slice(offsets[BAD], offsets[BAD + 1])
+    # the mean (and its error) is the one member left ...
+    for name in ('energy_mean', 'stress_mean', 'eps_energy', 'eps_forces', 'eps_stress'):
+        np.testing.assert_allclose(out.column(name)[BAD], alone.column(name)[BAD], rtol=1e-14)
+        assert out.mask(name)[BAD]
+    np.testing.assert_array_equal(
+        out.column('forces_mean')[atoms], alone.column('forces_mean')[atoms]
+    )
+    # ... but one member has no spread: missing, not zero
+    for name in ('energy_std_per_atom', 'stress_std', *DISAGREEMENT):
+        assert np.isnan(out.column(name)[BAD]).all() and not out.mask(name)[BAD], name
+    assert np.isnan(out.column('forces_std')[atoms]).all() and not out.mask('forces_std')[BAD]
+    assert out.mask('delta_forces')[np.arange(len(frames)) != BAD].all()
+    # every member non-finite on a frame: no mean either
+    nothing = prediction_columns(
+        predict_committee([Scaled(1.0, poison=poison), Scaled(1.04, poison=poison)], columns)
+    )
+    assert not nothing.mask('energy_mean')[BAD] and not nothing.mask('energy_members')[BAD]
+    assert not nothing.mask('forces_mean')[BAD]
+
+
+DISAGREEMENT = ('delta_energy', 'delta_forces', 'delta_forces_max', 'delta_stress')
+
+
+def test_a_member_non_finite_everywhere_is_left_out():
+    frames = copper_frames()
+    columns = columns_from_atoms(frames)
+    labels = reference_labels(columns)
+    committee = [Scaled(1.0), Scaled(1.04), Scaled(0.97, poison='all')]
+    predictions = predict_committee(committee, columns)
+    reference = predict_committee(committee[:2], columns)
+    assert predictions.non_finite().all()  # counting it, every frame would be flagged
+    assert not predictions.non_finite([0, 1]).any()
+    out = prediction_columns(predictions, labels, members=[0, 1])
+    without = prediction_columns(reference, labels)
+    assert not out.column('non_finite').any()
+    for name in column_names(out):
+        if name in ('forces_members', 'stress_members'):
+            continue
+        np.testing.assert_allclose(
+            out.column(name), without.column(name), rtol=1e-14, atol=0, err_msg=name
+        )
+        np.testing.assert_array_equal(out.mask(name), without.mask(name), name)
+    np.testing.assert_array_equal(
+        out.column('energy_members')[:, :2], without.column('energy_members')
+    )
+    assert np.isnan(out.column('energy_members')[:, 2]).all()
+    # error metrics: the member has none, the committee's are those without it
+    splits = np.array(['train', 'test', 'validation', 'train', '', 'test', 'train'], dtype=object)
+    accumulator = MetricsAccumulator(3)
+    for frames_ in (slice(0, 3), slice(3, 7)):
+        accumulator.add(*chunk(predictions, labels, frames_), splits[frames_])
+    for members in (None, [0, 1]):
+        result = accumulator.to_dict(members)
+        for group in ('all', 'train', 'test'):
+            mask = None if group == 'all' else splits == group
+            assert result[group]['n_non_finite'] == 0
+            for name, expected in error_metrics(reference, labels, mask).items():
+                got = result[group][name]
+                assert got['n_frames'] == expected.n_frames
+                assert got['member_rmse'][2] is None and got['member_mae'][2] is None
+                np.testing.assert_allclose(got['member_rmse'][:2], expected.member_rmse, rtol=1e-12)
+                assert got['committee_rmse'] == pytest.approx(expected.committee_rmse, rel=1e-12)
+                assert got['member_rmse_mean'] == pytest.approx(expected.member_rmse_mean)
+    with pytest.raises(ValueError, match=r'members \[1\] have finite predictions'):
+        accumulator.to_dict([0])
+
+
+def chunk(predictions, labels, frames):
+    """The predictions and labels of a slice of frames."""
+    offsets = np.concatenate([[0], np.cumsum(predictions.n_atoms)])
+    indices = np.arange(predictions.n_frames)[frames]
+    atoms = slice(offsets[indices[0]], offsets[indices[-1] + 1])
+    part = CommitteePredictions(
+        predictions.n_atoms[frames],
+        predictions.energy[:, frames],
+        predictions.forces[:, atoms],
+        predictions.stress[:, frames],
+        stress_mask=predictions.stress_mask[frames],
+    )
+    part_labels = ReferenceLabels(
+        labels.n_atoms[frames],
+        energy=labels.energy[frames],
+        forces=labels.forces[atoms],
+        stress=labels.stress[frames],
+        stress_mask=labels.stress_mask[frames],
+    )
+    return part, part_labels
+
+
+def test_flagged_frames_are_left_out_of_the_error_metrics():
+    frames = copper_frames()
+    columns = columns_from_atoms(frames)
+    labels = reference_labels(columns)
+    poison = [frames[BAD].positions, frames[5].positions]
+    committee = [Scaled(1.0), Scaled(1.04), Scaled(0.97, poison=poison)]
+    good = predict_committee([Scaled(1.0), Scaled(1.04), Scaled(0.97)], columns)
+    predictions = predict_committee(committee, columns)
+    accumulator = MetricsAccumulator(3)
+    for frames_ in (slice(0, 4), slice(4, 7)):  # the flagged frames in different chunks
+        accumulator.add(*chunk(predictions, labels, frames_))
+    result = accumulator.to_dict()
+    assert result['all']['n_frames'] == 7 and result['all']['n_non_finite'] == 2
+    kept = ~np.isin(np.arange(7), [BAD, 5])
+    for name, expected in error_metrics(good, labels, kept).items():
+        got = result['all'][name]
+        assert got['n_frames'] == expected.n_frames > 0
+        np.testing.assert_allclose(got['member_rmse'], expected.member_rmse, rtol=1e-12)
+        assert got['committee_mae'] == pytest.approx(expected.committee_mae, rel=1e-12)
+    # the pure function skips them the same way
+    direct_metrics = error_metrics(predictions, labels)
+    assert direct_metrics['energy'].n_frames == int(kept.sum())
+    assert direct_metrics['forces'].committee_rmse == pytest.approx(
+        result['all']['forces']['committee_rmse'], rel=1e-12
+    )

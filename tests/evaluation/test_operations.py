@@ -13,8 +13,12 @@ from aiida_trainspot.evaluation.operations import calibrate_committee, select_fo
 SLOPES = {'energy': 0.4, 'forces': 0.25}
 
 
-def evaluated_dataset(n_frames=120, seed=0):
-    """Frames with delta_* = a * eps_* (+ small noise), as an evaluation would write them."""
+def evaluated_dataset(n_frames=120, seed=0, non_finite=None):
+    """Frames with delta_* = a * eps_* (+ small noise), as an evaluation would write them.
+
+    ``non_finite``: indices of frames flagged non-finite, whose δ and ε (from the members that
+    were left) are made wild, so that using them would move the fit.
+    """
     rng = np.random.default_rng(seed)
     frames = []
     for index in range(n_frames):
@@ -30,6 +34,15 @@ def evaluated_dataset(n_frames=120, seed=0):
         eps = rng.uniform(0, 3 * scale, n_frames)
         columns[f'eps_{name}'] = eps
         columns[f'delta_{name}'] = slope * eps * (1 + rng.normal(0, 0.02, n_frames))
+    if non_finite is not None:
+        flags = np.zeros(n_frames, dtype=bool)
+        flags[list(non_finite)] = True
+        columns['non_finite'] = flags
+        for name in SLOPES:
+            columns[f'delta_{name}'] = np.where(flags, 0.0, columns[f'delta_{name}'])
+            columns[f'eps_{name}'] = np.where(
+                flags, 50 * columns[f'eps_{name}'], columns[f'eps_{name}']
+            )
     forces_mean = rng.normal(0, 0.5, (dataset.base.attributes.get('n_atoms'), 3))
     forces_mean[:2] = [200.0, 0, 0]  # frame 0: exploding forces, an unphysical frame
     return dataset.with_columns(np.arange(n_frames), columns, {'forces_mean': forces_mean})
@@ -113,3 +126,52 @@ def test_selection_by_disagreement_takes_the_frames_furthest_above_tau():
     assert sorted(report['selected']) == sorted(int(i) for i in trusted[:10])
     assert report['selected'] == other['report']['selected']
     assert report['counts']['candidates'] > 10
+
+
+FLAGGED = [3, 17, 42, 43, 90]
+
+
+def test_calibration_ignores_frames_flagged_non_finite():
+    dataset = evaluated_dataset(non_finite=FLAGGED)
+    thresholds = orm.Dict({'energy': 1e-3, 'forces': 0.1})
+    settings = orm.Dict({'error': 'committee_mean'})
+    outputs = calibrate_committee(dataset, thresholds, settings)
+    kept = [i for i in range(len(dataset)) if i not in FLAGGED]
+    reference = calibrate_committee(dataset.subset(kept), thresholds, settings)
+    calibration = outputs['calibration'].get_dict()
+    for name in SLOPES:
+        # the fit equals the fit without those frames (with them it would be far off)
+        assert calibration['slopes'][name] == pytest.approx(
+            reference['calibration']['slopes'][name], rel=1e-12
+        )
+        assert calibration['slopes'][name] == pytest.approx(SLOPES[name], rel=0.05)
+        assert calibration['n_points'][name] == len(kept)
+    report = outputs['diagnostics'].get_dict()
+    assert report['n_non_finite'] == len(FLAGGED)
+    assert report['n_frames'] == len(kept)
+    assert report['at_thresholds']['forces']['n'] == len(kept)
+    # held-out splits: the flagged frames are not counted as labelled ones either
+    split = np.array(['validation' if i in FLAGGED else 'train' for i in range(len(dataset))])
+    with_split = dataset.with_columns(np.arange(len(dataset)), {'split': split})
+    fallback = calibrate_committee(
+        with_split, thresholds, orm.Dict({'error': 'committee_mean', 'splits': ['validation']})
+    )
+    assert fallback['diagnostics']['splits'] == ['all']
+    assert fallback['diagnostics']['n_frames'] == len(kept)
+
+
+def test_selection_takes_frames_flagged_non_finite():
+    dataset = evaluated_dataset(non_finite=FLAGGED)
+    calibration = orm.Dict(Calibration(SLOPES).to_dict())
+    settings = orm.Dict({'max_selected': 1000, 'min_displacement': 0.0})
+    outputs = select_for_labelling(dataset, calibration, settings, orm.Int(1))
+    report = outputs['report'].get_dict()
+    assert report['non_finite'] == FLAGGED  # δ = 0: candidates only for the flag
+    assert set(FLAGGED) <= set(report['candidates']) and set(FLAGGED) <= set(report['selected'])
+    assert report['counts']['non_finite'] == report['counts']['selected_non_finite'] == 5
+    capped = orm.Dict({'max_selected': 5, 'min_displacement': 0.0, 'cap_order': 'disagreement'})
+    first = select_for_labelling(dataset, calibration, capped, orm.Int(1))
+    assert first['report']['selected'] == FLAGGED
+    # a dataset evaluated before the flag existed: no column, nothing flagged
+    plain = select_for_labelling(evaluated_dataset(), calibration, settings, orm.Int(1))
+    assert plain['report']['non_finite'] == [] and plain['report']['counts']['non_finite'] == 0

@@ -310,3 +310,56 @@ def test_most_uncertain_physical_frames_are_selected():
 def test_disagreement_bounds_must_be_positive(name):
     with pytest.raises(ValueError, match=name):
         SelectionSettings(**{name: 0.0})
+
+
+# --------------------------------------------------------------------------------------------------
+# Frames flagged non-finite
+
+
+def test_a_non_finite_frame_is_a_candidate_with_its_own_reason():
+    # frame 1: below τ, frame 3: no disagreement at all (one member left); both flagged
+    forces = np.array([0.05, 0.01, 0.5, np.nan, 0.02])
+    flags = np.array([False, True, False, True, False])
+    plain = select_frames({'forces': forces}, {'forces': 0.1}, seed=0)
+    assert plain.candidates.tolist() == [2]
+    result = select_frames({'forces': forces}, {'forces': 0.1}, seed=0, non_finite=flags)
+    assert result.candidates.tolist() == [1, 2, 3]
+    assert result.selected.tolist() == [1, 2, 3]
+    assert result.non_finite.tolist() == [1, 3]
+    assert result.counts['non_finite'] == 2 and result.counts['selected_non_finite'] == 2
+    report = json.loads(json.dumps(result.to_dict()))
+    assert report['non_finite'] == [1, 3]
+    # still subject to the physical trust bound
+    unphysical = select_frames(
+        {'forces': forces},
+        {'forces': 0.1},
+        seed=0,
+        non_finite=flags,
+        min_distances=[1.0, 0.2, 1.0, 1.0, 1.0],
+        max_forces=[1.0, 1.0, 1.0, 90.0, 1.0],
+    )
+    assert unphysical.selected.tolist() == [2]
+    assert unphysical.rejection_reasons(1) == ['too_close']
+    assert unphysical.rejection_reasons(3) == ['large_force']
+    assert unphysical.counts['selected_non_finite'] == 0
+    with pytest.raises(ValueError, match=r'non_finite must have shape \(5,\)'):
+        select_frames({'forces': forces}, {'forces': 0.1}, seed=0, non_finite=[True])
+
+
+def test_non_finite_frames_rank_first_under_the_disagreement_cap():
+    rng = np.random.default_rng(5)
+    forces = rng.uniform(0.2, 1.0, 30)
+    forces[[7, 21]] = [0.0, np.nan]  # flagged: spreads of the finite members small or missing
+    flags = np.isin(np.arange(30), [7, 21])
+    options = SelectionSettings(max_selected=3, cap_order='disagreement', min_displacement=0.0)
+    result = select_frames(
+        {'forces': forces}, {'forces': 0.1}, seed=0, non_finite=flags, settings=options
+    )
+    best = int(np.argmax(np.where(flags, -1.0, forces)))
+    assert result.selected.tolist() == sorted([7, 21, best])
+    # the random cap draws among all trusted candidates, flagged or not
+    random_cap = SelectionSettings(max_selected=3)
+    drawn = select_frames(
+        {'forces': forces}, {'forces': 0.1}, seed=0, non_finite=flags, settings=random_cap
+    )
+    assert drawn.candidates.size == 30 and drawn.selected.size == 3

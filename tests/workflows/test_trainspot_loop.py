@@ -1,10 +1,8 @@
 """TrainsPotWorkChain end to end with real codes: ASE oracle, MACE, metatrain, pw.x, restarts."""
 
-import contextlib
 import time
 
 import numpy as np
-import psutil
 import pytest
 import yaml
 from aiida import orm
@@ -193,50 +191,6 @@ def test_restart_from_run_killed_during_exploration(
     assert {m.uuid for m in results['models'].values()} == old
     assert results['dataset'].uuid == checkpoints.dataset.uuid
     check_consistent(restarted, results)
-
-
-def selected_positions(results):
-    iteration = results['iterations']['iteration_01']
-    if 'selected' not in iteration:
-        return np.zeros((0, 3))
-    return iteration['selected'].get_columns([]).atom['positions']
-
-
-@pytest.mark.slow
-def test_daemon_killed_mid_iteration_selects_the_same_frames(
-    loop_codes, tersoff_file, started_daemon_client
-):
-    reference, reference_node = run_get_node(one_iteration(loop_codes, tersoff_file, seed=9))
-    assert reference_node.is_finished_ok, reference_node.exit_message
-
-    node = submit(one_iteration(loop_codes, tersoff_file, seed=9))
-    wait_for(
-        lambda: 'iteration_01_training' in call_labels(node) or node.is_terminated,
-        600,
-        'the training to start',
-    )
-    client = started_daemon_client
-    # SIGKILL the whole daemon: circus, its workers and its stats process (nothing is cleaned up)
-    daemon = psutil.Process(client.get_daemon_pid())
-    victims = [daemon, *daemon.children(recursive=True)]
-    assert any('worker' in ' '.join(p.cmdline()) for p in victims[1:])
-    for process in victims:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(victims, timeout=30)
-    time.sleep(2.0)
-    assert not node.is_terminated
-    client.start_daemon()
-    wait_for(lambda: node.is_terminated, 900, 'the run to finish after the daemon restart')
-    assert node.is_finished_ok, node.exit_message
-    results = {
-        'iterations': node.outputs.iterations,
-        'dataset': node.outputs.dataset,
-    }
-    assert len(results['dataset']) == len(reference['dataset'])
-    np.testing.assert_allclose(selected_positions(results), selected_positions(reference))
-    same = node.outputs.iterations.iteration_01.record.get_dict()['selection']
-    assert same == reference['iterations']['iteration_01']['record'].get_dict()['selection']
 
 
 @pytest.mark.slow

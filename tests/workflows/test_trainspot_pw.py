@@ -119,3 +119,26 @@ def test_silicon_example_starts_labelling_with_pw(
     system = calculation.inputs.parameters.get_dict()['SYSTEM']
     assert (system['ecutwfc'], system['ecutrho']) == (30.0, 120.0)  # the family's Si cutoffs
     assert calculation.caller.inputs.kpoints_distance.value == 0.15
+
+
+@pytest.mark.slow
+def test_campaign_whose_pw_runs_all_fail_stops_with_408(
+    pw_code, mace_code, ase_md_code, evaluate_code
+):
+    """pw.x allowed one SCF step labels nothing: exit 408, each frame's pw.x failure recorded."""
+    create_pseudo_family(FAMILY, ['Si', 'C'], cutoffs=CUTOFFS)
+    codes = {'pw': pw_code, 'train': mace_code, 'md': ase_md_code, 'evaluate': evaluate_code}
+    one_step = {'max_iterations': 1, 'pw': {'parameters': {'ELECTRONS': {'electron_maxstep': 1}}}}
+    builder = sic_builder(codes)
+    del builder['structures']  # two frames as the dataset: no augmentation
+    frames = [bulk('SiC', 'zincblende', a=4.36), bulk('SiC', 'zincblende', a=4.30)]
+    builder.dataset = PESData.from_ase(frames)
+    builder.labelling.qe.overrides = orm.Dict({'kpoints_distance': 0.6, **one_step})
+    _, node = run_get_node(builder)
+    assert node.exit_status == TrainsPotWorkChain.exit_codes.ERROR_NO_LABELLED_FRAMES.status
+    assert node.outputs.summary['status'] == 'failed: 408'
+    labelling = next(c for c in node.called if c.process_label == 'AbInitioLabellingWorkChain')
+    reasons = labelling.outputs.failed.get_column('failure_reason')[0]
+    assert len(reasons) == 2
+    assert all('PwBaseWorkChain' in r and 'exit 410' in r for r in reasons), reasons
+    assert 'dataset' not in node.outputs  # nothing labelled, nothing claimed
