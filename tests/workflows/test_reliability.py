@@ -209,9 +209,20 @@ def test_every_failure_exit_is_reached_and_restart_continues_after_the_fix(
     assert all('Si' in atoms.get_chemical_symbols() for atoms in failed.iter_atoms())
     assert outputs['dataset'].uuid == checkpoints['labelled'].uuid  # partial outputs
 
-    # 403: the fixed oracle labels the failed frames again; the training code cannot start
+    # 403: with the retry turned off, training starts on the frames EMT labelled; its code
+    # cannot start
     training_broken = {**codes, 'train': broken['train']}
-    _, fourth = run_get_node(chain_builder(training_broken, tersoff, tersoff_sic, restart=third))
+    no_retry = chain_builder(training_broken, tersoff, tersoff_sic, restart=third)
+    no_retry.retry_failed_labels = orm.Bool(False)
+    _, skipped = run_get_node(no_retry)
+    outputs = failed_with(skipped, 403, 'Training failed', 'TrainingWorkChain')
+    assert not any('labelling' in label for label in call_labels(skipped))
+    assert len(outputs['dataset']) == len(checkpoints['labelled'])
+    assert 'retried' not in outputs['iterations']['iteration_01']
+
+    # 403: the next restart, with the fixed oracle, labels the failed frames again (the run it
+    # continues left them untouched)
+    _, fourth = run_get_node(chain_builder(training_broken, tersoff, tersoff_sic, restart=skipped))
     outputs = failed_with(fourth, 403, 'Training failed', 'TrainingWorkChain')
     labels = call_labels(fourth)
     assert 'iteration_01_relabelling' in labels and 'iteration_01_labelling' not in labels
