@@ -17,10 +17,10 @@ from aiida import orm
 from aiida.engine import WorkChain, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
 
+from aiida_trainspot.common import throttle
 from aiida_trainspot.data import PESData
 from aiida_trainspot.data.operations import subset_dataset
 from aiida_trainspot.training.model import PotentialModel
-from aiida_trainspot.workflows import throttle
 
 from .ase_calculation import AseMdCalculation, run_id_prefix
 from .lammps_engine import (
