@@ -309,3 +309,17 @@ def test_unreadable_labels_file(code_factory, tmp_path_factory):
     )
     assert node.exit_status == AseLabelCalculation.exit_codes.ERROR_OUTPUT_UNREADABLE.status == 301
     assert 'labels.h5' in node.exit_message
+
+
+def test_unreadable_frames_file(code_factory, tmp_path_factory):
+    # the runner's failure line, as common.runner.run_main writes it, names the shared exit code
+    script = tmp_path_factory.getbasetemp() / 'unreadable-frames.sh'
+    script.write_text('#!/bin/sh\necho "INPUT UNREADABLE: $1: OSError: truncated" >&2\nexit 4\n')
+    script.chmod(0o755)
+    code = code_factory('unreadable-frames', str(script), 'trainspot.ase.label')
+    dataset = PESData.from_ase([bulk('Cu', 'fcc', a=3.6)])
+    _, node = run_get_node(
+        AseLabelCalculation, code=code, dataset=dataset, calculator=orm.Dict({'name': 'emt'})
+    )
+    assert node.exit_status == AseLabelCalculation.exit_codes.ERROR_INPUT_UNREADABLE.status == 303
+    assert 'frames.h5: OSError: truncated' in node.exit_message
