@@ -59,8 +59,13 @@ from aiida_trainspot.exploration.md import (
 )
 from aiida_trainspot.training.loader import load_calculator
 
-#: The exit statuses of a failed run (the stderr line that says why: see the docstring).
+# with the exit statuses of a failed run (see the docstring), part of the runner's interface
 __all__ = ('EXIT_INPUT_FAILED', 'EXIT_MODEL_LOAD_FAILED', 'main', 'run')
+
+PROG = 'trainspot-ase-md'
+#: The keys the configuration must give.
+CONFIG_KEYS = ('model', 'frames')
+DESCRIPTION = 'Run ASE molecular dynamics with a trained potential (see the docstring).'
 
 
 def _progress(result: RunResult) -> None:
@@ -148,13 +153,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the MD; return the exit status (console scripts ``sys.exit`` it)."""
-    return config_main(
-        argv,
-        run,
-        prog='trainspot-ase-md',
-        description='Run ASE molecular dynamics with a trained potential (see the docstring).',
-        required=('model', 'frames'),
-    )
+    return config_main(argv, run, prog=PROG, description=DESCRIPTION, required=CONFIG_KEYS)
 
 
 if __name__ == '__main__':

@@ -73,6 +73,11 @@ from aiida_trainspot.evaluation.inference import (
 )
 from aiida_trainspot.training.loader import load_calculator
 
+PROG = 'trainspot-evaluate'
+#: The keys the configuration must give.
+CONFIG_KEYS = ('members', 'datasets')
+DESCRIPTION = 'Evaluate a committee of potentials on datasets (see the module docstring).'
+
 #: Members a committee needs after dropping those non-finite everywhere (the
 #: ``MIN_MEMBERS`` of :mod:`aiida_trainspot.evaluation.calculation`, which imports AiiDA).
 MIN_USABLE_MEMBERS = 2
@@ -318,13 +323,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation; return the exit status (console scripts ``sys.exit`` it)."""
-    return config_main(
-        argv,
-        run,
-        prog='trainspot-evaluate',
-        description='Evaluate a committee of potentials on datasets (see the module docstring).',
-        required=('members', 'datasets'),
-    )
+    return config_main(argv, run, prog=PROG, description=DESCRIPTION, required=CONFIG_KEYS)
 
 
 if __name__ == '__main__':
