@@ -184,8 +184,9 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             valid_type=orm.Dict,
             default=lambda: orm.Dict({}),
             help='Selection settings (min_displacement, min_distance, max_force, '
-            'max_force_disagreement, force_disagreement_factor, cap_order: random or '
-            'disagreement); max_selected is its own input.',
+            'max_force_disagreement, force_disagreement_factor, strategy: paper or '
+            'disagreement, or cap_order: random or disagreement, the same choice); '
+            'max_selected is its own input.',
         )
         spec.expose_inputs(
             DatasetAugmentationWorkChain,
