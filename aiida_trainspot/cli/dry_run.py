@@ -231,10 +231,10 @@ def _range(protocol: Mapping[str, Any], listed: str, ranged: str, unit: str) -> 
 
 
 def _exploration(inputs: Mapping[str, Any]) -> list[str]:
-    from aiida_trainspot.exploration.plan import DEFAULT_PROTOCOL
+    from aiida_trainspot.exploration.plan import ExplorationProtocol
 
     exploration = inputs['exploration']
-    protocol = {**DEFAULT_PROTOCOL, **_plain(exploration['protocol'])}
+    protocol = ExplorationProtocol.from_dict(_plain(exploration['protocol'])).to_dict()
     pool = 'md_structures' if 'md_structures' in inputs else 'the initial dataset'
     rows = [
         ('runs', f'{_plain(exploration["n_structures"])} per iteration, from {pool}'),
@@ -258,9 +258,10 @@ def _exploration(inputs: Mapping[str, Any]) -> list[str]:
 
 
 def _selection(inputs: Mapping[str, Any]) -> list[str]:
+    from aiida_trainspot.evaluation.calibration import CalibrationSettings
     from aiida_trainspot.evaluation.selection import SelectionSettings
 
-    calibration = _plain(inputs['calibration'])
+    calibration = CalibrationSettings.from_dict(_plain(inputs['calibration'])).to_dict()
     selection = SelectionSettings.from_dict(_plain(inputs['selection'])).to_dict()
     selection.pop('max_selected', None)
     thresholds = _plain(inputs['error_thresholds'])

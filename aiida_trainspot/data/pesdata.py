@@ -36,6 +36,7 @@ from .store import (
     concatenate_indices,
     content_name,
     shard_bytes,
+    write_shard,
 )
 from .validation import validate_columns
 
@@ -304,6 +305,39 @@ class PESData(orm.Data):
         with open(path, 'w') as handle:
             for atoms in self.iter_atoms(chunk_size, label_keys):
                 write_extxyz_frame(handle, atoms)
+
+    def to_job(
+        self,
+        folder: Any,
+        path: str,
+        *,
+        columns: Sequence[str] | None = None,
+        shards: str = SHARD_DIR,
+        copied: set[str] | None = None,
+    ) -> list[tuple[str, str, str]]:
+        """Hand the dataset (stored) to a job: what its runner reads at ``path`` of its folder.
+
+        ``folder`` is the job's folder (an AiiDA ``Folder``), every path relative to it. With
+        ``columns`` (``[]``: the structure alone): those columns of every frame, written to
+        ``path`` as one shard file (:func:`~aiida_trainspot.data.store.read_shard` reads it);
+        returns no copies. Without: the dataset as stored, no frame rewritten: returns the
+        job's local copies (uuid, repository key, job path) of its index, to ``path``, and of
+        each of its shards, to ``<shards>/<name>.h5`` (a
+        :class:`~aiida_trainspot.data.store.FrameStore` reads them); a shard whose name is in
+        ``copied`` (handed over with another dataset of the job) is not copied again, and the
+        names copied are added to it.
+        """
+        if columns is not None:
+            write_shard(self.get_columns(list(columns)), folder.get_abs_path(path))
+            return []
+        copied = set() if copied is None else copied
+        copies = []
+        for shard in self._index().shards:
+            if shard not in copied:
+                copied.add(shard)
+                copies.append((self.uuid, _shard_key(shard), f'{shards}/{shard}.h5'))
+        copies.append((self.uuid, INDEX_KEY, path))
+        return copies
 
     # ------------------------------------------------------------------ derived datasets (unstored)
 

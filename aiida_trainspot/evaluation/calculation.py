@@ -24,16 +24,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiida import orm
-from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
-from aiida.engine import CalcJob
 
-from aiida_trainspot.data.paths import plain_filename
-from aiida_trainspot.data.pesdata import INDEX_KEY, SHARD_DIR, PESData
+from aiida_trainspot.common.runner_job import Copies, RunnerCalculation
+from aiida_trainspot.common.validators import at_least, one_of
+from aiida_trainspot.data.pesdata import INDEX_KEY, PESData
 from aiida_trainspot.data.store import DatasetIndex
 from aiida_trainspot.training.loader import DEVICES, DTYPES, ENGINES
-from aiida_trainspot.training.model import MODEL_DIR, PotentialModel
-from aiida_trainspot.workflows.runner_job import runner_calcinfo
+from aiida_trainspot.training.model import PotentialModel
 
 from .calibration import Calibration
 from .inference import ATOM_COLUMNS, ESTIMATED_ERROR_COLUMNS, FRAME_COLUMNS
@@ -46,10 +44,6 @@ MODELS_DIR = 'models'
 DATASETS_DIR = 'datasets'
 SHARDS_DIR = 'shards'
 PREDICTIONS_DIR = 'predictions'
-STDOUT_FILE = 'trainspot-evaluate.out'
-STDERR_FILE = 'trainspot-evaluate.err'
-#: Engines whose calculators need the model's ``extensions/`` folder at load time.
-NEEDS_EXTENSIONS = frozenset({'metatrain'})
 MIN_MEMBERS = 2
 
 
@@ -108,30 +102,6 @@ def validate_datasets(value: Mapping[str, Any] | None, _ctx=None) -> str | None:
     return None
 
 
-def validate_device(value: orm.Str | None, _ctx=None) -> str | None:
-    """'cpu' or 'cuda'."""
-    if value is not None and value.value not in DEVICES:
-        return f'`device`: {value.value!r} is not one of {list(DEVICES)}'
-    return None
-
-
-def validate_dtype(value: orm.Str | None, _ctx=None) -> str | None:
-    """'float64' or 'float32'."""
-    if value is not None and value.value not in DTYPES:
-        return f'`dtype`: {value.value!r} is not one of {list(DTYPES)}'
-    return None
-
-
-def _validate_positive(name: str):
-    def validator(value: orm.Int | None, _ctx=None) -> str | None:
-        if value is not None and value.value < 1:
-            return f'`{name}`: must be at least 1, got {value.value}'
-        return None
-
-    validator.__doc__ = f'``{name}`` is at least 1.'
-    return validator
-
-
 def validate_calibration(value: orm.Dict | None, _ctx=None) -> str | None:
     """A dictionary that :meth:`Calibration.from_dict` accepts."""
     if value is None:
@@ -188,17 +158,18 @@ def validate_inputs(inputs: dict, ctx=None) -> str | None:
     return None
 
 
-class EvaluationCalculation(CalcJob):
+class EvaluationCalculation(RunnerCalculation):
     """Predictions, disagreement and errors of a committee of potentials on datasets, in one job."""
+
+    PARSER_NAME = 'trainspot.evaluation'
+    CONFIG_FILE = CONFIG_FILE
+    RUNNER = 'trainspot-evaluate'
+    RETRIEVE = (PREDICTIONS_DIR, METRICS_FILE)
 
     @classmethod
     def define(cls, spec):
-        """Inputs, outputs and exit codes."""
+        """Inputs, outputs and exit codes (300-303: :class:`RunnerCalculation`)."""
         super().define(spec)
-        options = spec.inputs['metadata']['options']
-        options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        options['withmpi'].default = False
-        options['parser_name'].default = 'trainspot.evaluation'
 
         spec.input_namespace(
             'models',
@@ -222,14 +193,14 @@ class EvaluationCalculation(CalcJob):
             'device',
             valid_type=orm.Str,
             default=lambda: orm.Str('cpu'),
-            validator=validate_device,
+            validator=one_of('device', DEVICES),
             help=f'Torch device of the models: one of {list(DEVICES)}.',
         )
         spec.input(
             'dtype',
             valid_type=orm.Str,
             required=False,
-            validator=validate_dtype,
+            validator=one_of('dtype', DTYPES),
             help=(
                 f"Precision of the evaluation ({list(DTYPES)}); default: the models' dtype. "
                 'MACE models are converted; metatrain models run in their own dtype only.'
@@ -239,7 +210,7 @@ class EvaluationCalculation(CalcJob):
             'batch_size',
             valid_type=orm.Int,
             default=lambda: orm.Int(1),
-            validator=_validate_positive('batch_size'),
+            validator=at_least('batch_size', 1),
             help=(
                 'Frames per model call. 1 (default): one ASE call per frame, fastest on CPUs; '
                 'larger batches (MACE and metatrain) may pay on GPUs and give the same results '
@@ -250,7 +221,7 @@ class EvaluationCalculation(CalcJob):
             'chunk_size',
             valid_type=orm.Int,
             default=lambda: orm.Int(1000),
-            validator=_validate_positive('chunk_size'),
+            validator=at_least('chunk_size', 1),
             help='Frames read from a dataset and evaluated at a time (bounds the job memory).',
         )
         spec.input(
@@ -300,70 +271,34 @@ class EvaluationCalculation(CalcJob):
         spec.default_output_node = 'metrics'
 
         spec.exit_code(
-            300,
-            'ERROR_OUTPUT_MISSING',
-            invalidates_cache=True,
-            message='The evaluation wrote no {filename}: {detail}',
-        )
-        spec.exit_code(
-            301,
-            'ERROR_OUTPUT_UNREADABLE',
-            invalidates_cache=True,
-            message='The output {filename} is unreadable or inconsistent: {detail}',
-        )
-        spec.exit_code(
-            302,
-            'ERROR_MODEL_LOAD_FAILED',
-            message='A model could not be loaded on the computer: {detail}',
-        )
-        spec.exit_code(
-            303,
-            'ERROR_INPUT_UNREADABLE',
-            invalidates_cache=True,
-            message='The job could not read its input files: {detail}',
-        )
-        spec.exit_code(
             304,
             'ERROR_INFERENCE_FAILED',
             message='A member failed: {detail}',
         )
 
-    def prepare_for_submission(self, folder: Folder) -> CalcInfo:
-        """Copy the models and the datasets' files; write the runner's configuration."""
+    def write_inputs(self, folder: Folder, copies: Copies) -> Mapping[str, Any]:
+        """Copy the models and the datasets' files; return the runner's configuration."""
         models = dict(self.inputs.models)
         datasets = dict(self.inputs.datasets)
-        local_copy_list: list[tuple[str, str, str]] = []
         members = []
         for label in member_order(models):
             model = models[label]
-            target = f'{MODELS_DIR}/{label}'
-            filename = plain_filename(model.model_filename, f'models.{label}: model_filename')
-            model_path = f'{target}/{filename}'
-            local_copy_list.append((model.uuid, f'{MODEL_DIR}/{filename}', model_path))
-            extensions = None
-            if model.engine in NEEDS_EXTENSIONS and model.has_extensions:
-                extensions = f'{target}/extensions'
-                local_copy_list.append((model.uuid, 'extensions', extensions))
+            files = self.copy_model(model, f'{MODELS_DIR}/{label}', copies, f'models.{label}')
             members.append(
                 {
                     'label': label,
                     'engine': model.engine,
-                    'model': model_path,
-                    'extensions': extensions,
+                    'model': files['path'],
+                    'extensions': files['extensions'],
                 }
             )
-
         copied: set[str] = set()
         entries = []
         for name in sorted(datasets):
-            dataset = datasets[name]
-            for shard in _dataset_index(dataset).shards:
-                if shard not in copied:
-                    copied.add(shard)
-                    key = f'{SHARD_DIR}/{shard}.h5'
-                    local_copy_list.append((dataset.uuid, key, f'{SHARDS_DIR}/{shard}.h5'))
             index_path = f'{DATASETS_DIR}/{name}.index.h5'
-            local_copy_list.append((dataset.uuid, INDEX_KEY, index_path))
+            copies.extend(
+                datasets[name].to_job(folder, index_path, shards=SHARDS_DIR, copied=copied)
+            )
             entries.append(
                 {'name': name, 'index': index_path, 'output': f'{PREDICTIONS_DIR}/{name}.h5'}
             )
@@ -372,7 +307,7 @@ class EvaluationCalculation(CalcJob):
         if dtype is None:
             dtype = sorted(_models_dtype(models))[0]
         calibration = self.inputs.calibration.get_dict() if 'calibration' in self.inputs else None
-        config = {
+        return {
             'members': members,
             'datasets': entries,
             'shards': SHARDS_DIR,
@@ -383,13 +318,3 @@ class EvaluationCalculation(CalcJob):
             'calibration': calibration,
             'metrics': METRICS_FILE,
         }
-        return runner_calcinfo(
-            self,
-            folder,
-            config,
-            config_file=CONFIG_FILE,
-            stdout=STDOUT_FILE,
-            stderr=STDERR_FILE,
-            local_copy_list=local_copy_list,
-            retrieve=[PREDICTIONS_DIR, METRICS_FILE],
-        )

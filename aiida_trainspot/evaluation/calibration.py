@@ -58,13 +58,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
 
+from aiida_trainspot.common.settings import unknown_keys
+
 from .disagreement import (
+    DEFAULT_ERROR_KIND,
     DISAGREEMENT_UNITS,
     ERROR_KINDS,
     PROPERTIES,
@@ -76,8 +79,11 @@ from .disagreement import (
 __all__ = [
     'DEFAULT_ERROR_THRESHOLDS',
     'ERROR_KINDS',
+    'HELD_OUT_SPLITS',
     'METHODS',
+    'SPLITS',
     'Calibration',
+    'CalibrationSettings',
     'PowerLawFit',
     'SlopeFit',
     'calibrate',
@@ -96,6 +102,78 @@ DEFAULT_ERROR_THRESHOLDS: dict[str, float] = {'energy': 1e-3, 'forces': 0.1, 'st
 METHODS = ('least_squares', 'median_ratio', 'huber')
 HUBER_K = 1.345
 _MAD_TO_SIGMA = 1.4826
+#: The dataset splits a calibration can be fitted on.
+SPLITS = ('train', 'validation', 'test')
+#: The splits the campaign fits on by default: frames the committee did not train on.
+HELD_OUT_SPLITS = ('validation', 'test')
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How a committee is calibrated (:func:`calibrate` and the ``calibrate_committee`` step).
+
+    The one source of the defaults and of the checks: the ``calibration`` port of
+    ``TrainsPotWorkChain`` defaults to ``CalibrationSettings(splits=HELD_OUT_SPLITS).to_dict()``
+    and is validated at submission by :meth:`from_dict`, which the calibration step calls too.
+
+    ``method``: one of :data:`METHODS`. ``min_points``: fewest (δ, ε) pairs a slope is fitted on
+    (at least 2). ``splits``: the dataset splits fitted on (empty: every labelled frame; also
+    every labelled frame while those splits hold fewer than ``min_points``). ``power_law``:
+    also fit the power law of :func:`fit_power_law`. ``error``: whose error δ is fitted to, one
+    of ``ERROR_KINDS`` (a dictionary without it means ``DEFAULT_ERROR_KIND``, as for runs
+    stored before the key existed).
+    """
+
+    method: str = 'least_squares'
+    min_points: int = 5
+    splits: tuple[str, ...] = ()
+    power_law: bool = False
+    error: str = DEFAULT_ERROR_KIND
+
+    def __post_init__(self) -> None:
+        if isinstance(self.splits, (list, tuple)):
+            object.__setattr__(self, 'splits', tuple(self.splits))
+        if self.method not in METHODS:
+            raise ValueError(f'calibration.method: {self.method!r} is not one of {list(METHODS)}')
+        if self.error not in ERROR_KINDS:
+            raise ValueError(f'calibration.error: {self.error!r} is not one of {list(ERROR_KINDS)}')
+        min_points = self.min_points
+        if not isinstance(min_points, int) or isinstance(min_points, bool) or min_points < 2:
+            raise ValueError(f'calibration.min_points: must be an integer >= 2, got {min_points!r}')
+        if not isinstance(self.splits, tuple) or any(s not in SPLITS for s in self.splits):
+            raise ValueError(
+                f'calibration.splits: must be a list of {list(SPLITS)}, got {self.splits!r}'
+            )
+        if not isinstance(self.power_law, bool):
+            raise ValueError(
+                f'calibration.power_law: must be true or false, got {self.power_law!r}'
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (``splits`` a list), the format stored on the port."""
+        out = asdict(self)
+        out['splits'] = list(self.splits)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalibrationSettings:
+        """Inverse of :meth:`to_dict`, missing keys defaulted.
+
+        A bad or unknown key raises ValueError naming it (with the nearest known key).
+        """
+        known = [f.name for f in fields(cls)]
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValueError(unknown_keys('calibration', unknown, known))
+        values = dict(data)
+        if 'splits' in values and not isinstance(values['splits'], (list, tuple)):
+            raise ValueError(
+                f'calibration.splits: must be a list of {list(SPLITS)}, got {values["splits"]!r}'
+            )
+        return cls(**values)
 
 
 # ----------------------------------------------------------------------------- linear fits

@@ -70,7 +70,9 @@ __all__ = [
     'ATOM_COLUMNS',
     'DISAGREEMENT_NAMES',
     'ESTIMATED_ERROR_COLUMNS',
+    'EXIT_INFERENCE_FAILED',
     'FRAME_COLUMNS',
+    'INFERENCE_FAILED',
     'SPLIT_COLUMN',
     'SPLIT_NAMES',
     'STRESS_COLUMNS',
@@ -127,6 +129,11 @@ SPLIT_COLUMN = 'split'
 SPLIT_NAMES = ('train', 'validation', 'test')
 UNASSIGNED = 'unassigned'
 ALL = 'all'
+#: stderr prefix and exit status of the evaluation runner when a member's calculator raises on a
+#: frame or too few members are left (beside those of every runner,
+#: :mod:`aiida_trainspot.common.runner`); the parser maps the prefix to its exit code.
+INFERENCE_FAILED = 'INFERENCE FAILED'
+EXIT_INFERENCE_FAILED = 5
 
 
 class InferenceError(RuntimeError):

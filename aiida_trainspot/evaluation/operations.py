@@ -17,8 +17,8 @@ from ase.neighborlist import neighbor_list
 
 from aiida_trainspot.data import PESData
 
-from .calibration import Calibration, calibrate, diagnostics, rate_grid
-from .disagreement import DEFAULT_ERROR_KIND, PROPERTIES, errors_of, json_float, max_force_norm
+from .calibration import Calibration, CalibrationSettings, calibrate, diagnostics, rate_grid
+from .disagreement import PROPERTIES, errors_of, json_float, max_force_norm
 from .selection import SelectionSettings, select_frames
 
 GRID_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -73,27 +73,29 @@ def calibrate_committee(
 ) -> dict[str, orm.Dict]:
     """Fit δ ≈ a·ε on labelled held-out frames; thresholds τ = a·ε_thr; TPR/PPV diagnostics.
 
-    ``settings``: ``method``, ``min_points``, ``power_law``, ``error`` (``'members'``, the
-    default, or ``'committee_mean'``: whose error ε is, see :mod:`.calibration`) and ``splits`` (the
-    splits whose frames the fit uses, e.g. ``['validation', 'test']``; all frames when absent, or
-    when those splits hold fewer than ``min_points`` labelled frames). ``diagnostics['splits']``
-    records which frames were used; its rates score δ against the same kind of error.
+    ``settings``: a :class:`.CalibrationSettings` dictionary (``method``, ``min_points``,
+    ``power_law``, ``error``: whose error ε is, ``'committee_mean'`` when absent, see
+    :mod:`.calibration`; ``splits``: the splits whose frames the fit uses, e.g.
+    ``['validation', 'test']``; all frames when absent or empty, or when those splits hold fewer
+    than ``min_points`` labelled frames); a bad or unknown key raises ValueError.
+    ``diagnostics['splits']`` records which frames were used; its rates score δ against the
+    same kind of error.
     Frames flagged ``non_finite`` (some member's prediction was not finite, so their δ and ε
     come from fewer members) are never used (``diagnostics['n_non_finite']`` counts them).
     """
     deltas, mean_errors = disagreement_and_errors(predictions)
     flagged = non_finite_frames(predictions)
     mean_errors = {k: np.where(flagged, np.nan, v) for k, v in mean_errors.items()}
-    options = settings.get_dict()
-    kind = options.get('error', DEFAULT_ERROR_KIND)
+    options = CalibrationSettings.from_dict(settings.get_dict())
+    kind = options.error
     used, used_splits = calibration_frames(
-        predictions, mean_errors, options.get('splits'), options.get('min_points', 5)
+        predictions, mean_errors, list(options.splits), options.min_points
     )
     used = used & ~flagged
     deltas = {k: v[used] for k, v in deltas.items()}
     mean_errors = {k: v[used] for k, v in mean_errors.items()}
     errors = errors_of(kind, deltas, mean_errors)  # the ε that δ is fitted to and scored against
-    min_points = options.get('min_points', 5)
+    min_points = options.min_points
     previous_calibration = (
         Calibration.from_dict(previous.get_dict()) if previous is not None else None
     )
@@ -109,11 +111,11 @@ def calibrate_committee(
         deltas,
         mean_errors,
         error_thresholds=error_thresholds.get_dict(),
-        method=options.get('method', 'least_squares'),
+        method=options.method,
         min_points=min_points,
         previous=previous_calibration,
         properties=names,
-        power_law=options.get('power_law', False),
+        power_law=options.power_law,
         error=kind,
     )
     report = {

@@ -16,64 +16,50 @@ import json
 import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
-from aiida.parsers import Parser
 
+from aiida_trainspot.common.runner_job import RunnerParser
 from aiida_trainspot.data.columns import Columns
 from aiida_trainspot.data.pesdata import PESData
 from aiida_trainspot.data.store import read_shard
-from aiida_trainspot.runners.evaluate import INFERENCE_FAILED, INPUT_FAILED, MODEL_LOAD_FAILED
 
-from .calculation import (
-    METRICS_FILE,
-    PREDICTIONS_DIR,
-    STDERR_FILE,
-    member_order,
-)
-from .inference import ATOM_COLUMNS, ESTIMATED_ERROR_COLUMNS, FRAME_COLUMNS
+from .calculation import METRICS_FILE, PREDICTIONS_DIR, member_order
+from .inference import ATOM_COLUMNS, ESTIMATED_ERROR_COLUMNS, FRAME_COLUMNS, INFERENCE_FAILED
 
 __all__ = ('EvaluationParser',)
 
 COMMITTEE_ATTRIBUTE = 'committee_members'
-_STDERR_TAIL = 2000
-_FAILURES = {
-    MODEL_LOAD_FAILED: 'ERROR_MODEL_LOAD_FAILED',
-    INPUT_FAILED: 'ERROR_INPUT_UNREADABLE',
-    INFERENCE_FAILED: 'ERROR_INFERENCE_FAILED',
-}
 
 
-class EvaluationParser(Parser):
+class EvaluationParser(RunnerParser):
     """Parse the outputs of an :class:`~.calculation.EvaluationCalculation`."""
+
+    FAILURES = {**RunnerParser.FAILURES, INFERENCE_FAILED: 'ERROR_INFERENCE_FAILED'}
 
     def parse(self, **kwargs) -> ExitCode | None:
         """Attach ``predictions.<name>`` for every dataset and ``metrics``."""
-        names = self.retrieved.base.repository.list_object_names()
-        if METRICS_FILE not in names:
-            return self._failure(names)
+        missing = self.missing_output([METRICS_FILE])
+        if missing is not None:
+            return missing
         try:
             with self.retrieved.base.repository.open(METRICS_FILE, 'r') as handle:
                 metrics = json.load(handle)
         except Exception as exc:
-            return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
-                filename=METRICS_FILE, detail=f'{type(exc).__name__}: {exc}'
-            )
+            return self.unreadable(METRICS_FILE, exc)
         members = member_order(self.node.inputs.models)
         datasets = dict(self.node.inputs.datasets)
         if metrics.get('members') != members or set(metrics.get('datasets', {})) != set(datasets):
-            return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
-                filename=METRICS_FILE,
-                detail=f'it describes members {metrics.get("members")} and datasets '
+            return self.unreadable(
+                METRICS_FILE,
+                f'it describes members {metrics.get("members")} and datasets '
                 f'{sorted(metrics.get("datasets", {}))}, not {members} and {sorted(datasets)}',
             )
         metrics.setdefault('dropped_members', [])
         metrics.setdefault('non_finite_frames', {})
         problem = _non_finite_problem(metrics, members, datasets)
         if problem:
-            return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
-                filename=METRICS_FILE, detail=problem
-            )
+            return self.unreadable(METRICS_FILE, problem)
         available = []
-        if PREDICTIONS_DIR in names:
+        if PREDICTIONS_DIR in self.retrieved_names():
             available = self.retrieved.base.repository.list_object_names(PREDICTIONS_DIR)
         outputs = {}
         for name in sorted(datasets):
@@ -87,24 +73,10 @@ class EvaluationParser(Parser):
                     columns = read_shard(handle)
                 outputs[name] = _with_predictions(datasets[name], columns, members)
             except Exception as exc:
-                return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
-                    filename=filename, detail=f'{type(exc).__name__}: {exc}'
-                )
+                return self.unreadable(filename, exc)
         self.out('predictions', outputs)
         self.out('metrics', orm.Dict(metrics))
         return None
-
-    def _failure(self, names: list[str]) -> ExitCode:
-        stderr = ''
-        if STDERR_FILE in names:
-            stderr = self.retrieved.base.repository.get_object_content(STDERR_FILE, mode='r')
-        for line in reversed(stderr.splitlines()):
-            for prefix, exit_code in _FAILURES.items():
-                if line.startswith(prefix):
-                    detail = line[len(prefix) :].lstrip(': ')
-                    return getattr(self.exit_codes, exit_code).format(detail=detail)
-        detail = stderr[-_STDERR_TAIL:].strip() or 'the evaluation printed nothing on stderr'
-        return self.exit_codes.ERROR_OUTPUT_MISSING.format(filename=METRICS_FILE, detail=detail)
 
 
 def _non_finite_problem(

@@ -29,12 +29,18 @@ The steps, in order (``F`` frames, per-frame arrays of length ``F``):
    given, same species in the same order) and the largest atomic displacement between them,
    :math:`\max_i |r_i - r'_i|` (minimum image along periodic axes when ``cells`` is given), is
    below ``min_displacement`` (0.1 Å); otherwise it is kept and becomes the reference.
-4. **Cap**: at most ``max_selected`` (1000) of the remaining frames are kept. With
-   ``cap_order='random'`` (the default, the paper's rule) they are drawn without replacement by
-   ``numpy.random.default_rng(seed)``; with ``cap_order='disagreement'`` the frames furthest above
-   their thresholds come first (largest :math:`\max_\alpha \delta_\alpha / \tau_\alpha`, ties by
-   frame index), which spends a small label budget where the committee is least sure; frames
-   flagged ``non_finite`` rank before all others.
+4. **Strategy**: the trusted, thinned candidates (the *pool*) go to the selection strategy named
+   by ``strategy``, which returns at most ``max_selected`` (1000) of them, each with a reason (see
+   :class:`SelectionInput`, :data:`STRATEGIES`). Steps 1 to 3 are common to every strategy. The two
+   built-in strategies are today's cap, ``cap_order`` being the older name of the same choice:
+
+   - ``'paper'`` (the default, ``cap_order='random'``, the paper's rule): when the pool holds more
+     than ``max_selected`` frames they are drawn without replacement by
+     ``numpy.random.default_rng(seed)``;
+   - ``'disagreement'`` (``cap_order='disagreement'``): the frames furthest above their thresholds
+     come first (largest :math:`\max_\alpha \delta_\alpha / \tau_\alpha`, ties by frame index),
+     which spends a small label budget where the committee is least sure; frames flagged
+     ``non_finite`` rank before all others.
 
 Flagged frames go through the trust bound like the others (their committee-mean forces are those
 of the members with a finite prediction; a frame whose members are all non-finite has none, and
@@ -43,20 +49,31 @@ only its distances are checked).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from aiida_trainspot.common.settings import nearest_key
 
 from .disagreement import check_n_atoms, frame_offsets, property_arrays
 
 __all__ = [
     'CAP_ORDERS',
+    'CAP_ORDER_STRATEGIES',
+    'DEFAULT_STRATEGY',
     'REJECTION_REASONS',
+    'STRATEGIES',
+    'SelectionInput',
     'SelectionResult',
     'SelectionSettings',
+    'SelectionStrategy',
+    'StrategyChoice',
     'candidate_mask',
+    'get_strategy',
+    'register_strategy',
     'select_frames',
     'thin_near_duplicates',
     'trust_violations',
@@ -65,13 +82,27 @@ __all__ = [
 #: Reasons a frame can be rejected by the trust bound.
 REJECTION_REASONS = ('too_close', 'force_disagreement', 'large_force')
 
-#: How the cap picks among more trusted candidates than ``max_selected``.
+#: How the cap picks among more trusted candidates than ``max_selected`` (the older spelling of
+#: the two built-in strategies, see :data:`CAP_ORDER_STRATEGIES`).
 CAP_ORDERS = ('random', 'disagreement')
+
+#: The strategy each ``cap_order`` names.
+CAP_ORDER_STRATEGIES = {'random': 'paper', 'disagreement': 'disagreement'}
+
+#: The strategy of a campaign that names none: the paper's rule.
+DEFAULT_STRATEGY = 'paper'
 
 
 @dataclass(frozen=True)
 class SelectionSettings:
-    """Parameters of :func:`select_frames` (lengths Å, forces eV/Å); JSON round trip."""
+    """Parameters of :func:`select_frames` (lengths Å, forces eV/Å); JSON round trip.
+
+    ``strategy`` names a registered selection strategy (:data:`STRATEGIES`); ``cap_order``
+    (``'random'`` or ``'disagreement'``) is the older name of the same choice, for the two
+    built-in strategies (:data:`CAP_ORDER_STRATEGIES`). Give either; both must agree. After
+    construction both are filled in: ``strategy`` always, ``cap_order`` for a built-in strategy
+    (None for any other), so that spellings of one choice compare equal.
+    """
 
     max_selected: int | None = 1000
     min_displacement: float = 0.1
@@ -79,11 +110,25 @@ class SelectionSettings:
     max_force_disagreement: float | None = None
     force_disagreement_factor: float | None = None
     max_force: float | None = 50.0
-    cap_order: str = 'random'
+    cap_order: str | None = None
+    strategy: str | None = None
 
     def __post_init__(self) -> None:
-        if self.cap_order not in CAP_ORDERS:
+        if self.cap_order is not None and self.cap_order not in CAP_ORDERS:
             raise ValueError(f'cap_order must be one of {CAP_ORDERS}, got {self.cap_order!r}')
+        implied = CAP_ORDER_STRATEGIES.get(self.cap_order)
+        strategy = self.strategy
+        if strategy is None:
+            strategy = implied or DEFAULT_STRATEGY
+        elif implied is not None and implied != strategy:
+            raise ValueError(
+                f'cap_order {self.cap_order!r} is the strategy {implied!r}, but strategy is '
+                f'{strategy!r}: give only strategy'
+            )
+        get_strategy(strategy)  # an unknown name fails here, at submission
+        object.__setattr__(self, 'strategy', strategy)
+        orders = {name: order for order, name in CAP_ORDER_STRATEGIES.items()}
+        object.__setattr__(self, 'cap_order', orders.get(strategy))
         if self.max_selected is not None and int(self.max_selected) < 0:
             raise ValueError(f'max_selected must be >= 0 or None, got {self.max_selected}')
         for name in ('min_displacement', 'min_distance'):
@@ -119,9 +164,11 @@ class SelectionResult:
     """Outcome of :func:`select_frames`; all index arrays are sorted frame indices.
 
     ``rejected``, ``thinned`` and ``selected`` are disjoint subsets of ``candidates``; those
-    neither rejected, thinned nor selected were dropped by the random cap. ``reasons`` maps each
-    of :data:`REJECTION_REASONS` to an (F,) boolean array over *all* frames. ``non_finite``:
-    the frames flagged ``non_finite``, candidates for that reason (whatever their δ).
+    neither rejected, thinned nor selected were left out by the strategy (``capped``). ``reasons``
+    maps each of :data:`REJECTION_REASONS` to an (F,) boolean array over *all* frames.
+    ``non_finite``: the frames flagged ``non_finite``, candidates for that reason (whatever their
+    δ). ``strategy``: the name of the strategy that chose ``selected``; ``selection_reasons``: its
+    reason for each selected frame, in the order of ``selected``.
     """
 
     n_frames: int
@@ -132,6 +179,8 @@ class SelectionResult:
     reasons: dict[str, np.ndarray]
     seed: int
     non_finite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    strategy: str = DEFAULT_STRATEGY
+    selection_reasons: tuple[str, ...] = ()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -156,16 +205,22 @@ class SelectionResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form: counts, index lists and the reasons of each rejected frame.
 
-        ``non_finite`` lists the candidates flagged non-finite (candidates for that reason).
+        ``non_finite`` lists the candidates flagged non-finite (candidates for that reason);
+        ``selection_reasons`` maps each selected frame to the strategy's reason for it.
         """
         return {
             'seed': self.seed,
+            'strategy': self.strategy,
             'counts': self.counts,
             'candidates': self.candidates.tolist(),
             'non_finite': self.non_finite.tolist(),
             'rejected': {str(i): self.rejection_reasons(i) for i in self.rejected.tolist()},
             'thinned': self.thinned.tolist(),
             'selected': self.selected.tolist(),
+            'selection_reasons': {
+                str(i): reason
+                for i, reason in zip(self.selected.tolist(), self.selection_reasons, strict=True)
+            },
         }
 
 
@@ -335,6 +390,179 @@ def excess_over_threshold(
     return excess
 
 
+# --------------------------------------------------------------------------------------------------
+# Selection strategies: one signature, a registry
+
+
+def _read_only(value: Any, dtype: Any = None) -> np.ndarray | None:
+    """A read-only view of ``value`` as an array (no copy when it already is one), or None."""
+    if value is None:
+        return None
+    view = np.asarray(value, dtype=dtype).view()
+    view.flags.writeable = False
+    return view
+
+
+@dataclass(frozen=True, eq=False)
+class SelectionInput:
+    """What a selection strategy chooses from, after the common steps.
+
+    The common steps are candidates, trust bound and thinning. Plain arrays, read-only, every
+    per-frame array over all ``F`` frames.
+
+    :param pool: sorted frame indices the strategy may select: the trusted, thinned candidates.
+    :param deltas: (F,) δ by property (NaN where missing).
+    :param thresholds: τ by property (the properties of the selection criterion).
+    :param non_finite: (F,) frames a member's prediction was not finite for.
+    :param budget: at most this many frames may be selected (``max_selected``); None: no limit.
+    :param seed: seed for the strategy's ``numpy.random.default_rng`` (the only randomness
+        allowed, so that the same input and seed give the same selection).
+    :param settings: the whole :class:`SelectionSettings`.
+    :param n_atoms: (F,) atoms per frame; ``positions`` (A, 3) Å, ``numbers`` (A,), ``cells``
+        (F, 3, 3), ``pbc`` (F, 3): the frames, where the caller has them, else None.
+    :param run_id: (F,) source MD run and ``step`` (F,) its time step, or None.
+    :param min_distances: (F,) shortest interatomic distance (Å), or None.
+    :param max_forces: (F,) largest committee-mean force norm (eV/Å), or None.
+    """
+
+    pool: np.ndarray
+    deltas: Mapping[str, np.ndarray]
+    thresholds: Mapping[str, float]
+    non_finite: np.ndarray
+    budget: int | None
+    seed: int
+    settings: SelectionSettings
+    n_atoms: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    numbers: np.ndarray | None = None
+    cells: np.ndarray | None = None
+    pbc: np.ndarray | None = None
+    run_id: np.ndarray | None = None
+    step: np.ndarray | None = None
+    min_distances: np.ndarray | None = None
+    max_forces: np.ndarray | None = None
+
+    @property
+    def n_frames(self) -> int:
+        """F, the number of frames (selectable or not)."""
+        return int(self.non_finite.size)
+
+    def excess(self) -> np.ndarray:
+        """(F,) largest δ/τ of each frame (:func:`excess_over_threshold`)."""
+        return excess_over_threshold(self.deltas, self.thresholds)
+
+
+class StrategyChoice(NamedTuple):
+    """What a strategy returns: frame indices and one short reason per selected frame.
+
+    ``selected``: a subset of the pool, at most ``budget`` frames, in any order; ``reasons`` in
+    the same order (one string: the reason of every frame).
+    """
+
+    selected: Any
+    reasons: Any
+
+
+#: A selection strategy: ``strategy(selection: SelectionInput) -> StrategyChoice`` (or the
+#: ``(selected, reasons)`` tuple); pure, deterministic given its input and ``selection.seed``.
+SelectionStrategy = Callable[[SelectionInput], StrategyChoice]
+
+#: The registered selection strategies by name (``register_strategy`` adds one).
+STRATEGIES: dict[str, SelectionStrategy] = {}
+
+
+def register_strategy(
+    name: str, strategy: SelectionStrategy, *, replace: bool = False
+) -> SelectionStrategy:
+    """Register ``strategy`` under ``name`` (``SelectionSettings(strategy=name)`` then selects it).
+
+    A name taken already raises ValueError unless ``replace``. Returns ``strategy``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f'a selection strategy needs a non-empty name, got {name!r}')
+    if not callable(strategy):
+        raise TypeError(f'selection strategy {name!r} must be callable, got {strategy!r}')
+    if name in STRATEGIES and not replace:
+        raise ValueError(f'selection strategy {name!r} is registered already')
+    STRATEGIES[name] = strategy
+    return strategy
+
+
+def get_strategy(name: str) -> SelectionStrategy:
+    """The strategy registered as ``name``; ValueError naming the known ones otherwise."""
+    if isinstance(name, str) and name in STRATEGIES:
+        return STRATEGIES[name]
+    known = sorted(STRATEGIES)
+    match = nearest_key(name, known) if isinstance(name, str) else None
+    hint = f'did you mean {match!r}? ' if match is not None else ''
+    raise ValueError(f'unknown selection strategy {name!r}; {hint}known: {known}')
+
+
+def paper_strategy(selection: SelectionInput) -> StrategyChoice:
+    """The paper's rule: the whole pool, or ``budget`` frames drawn by ``default_rng(seed)``."""
+    pool, budget = selection.pool, selection.budget
+    if budget is None or pool.size <= budget:
+        return StrategyChoice(pool, ('within_budget',) * pool.size)
+    rng = np.random.default_rng(int(selection.seed))
+    chosen = rng.choice(pool, size=int(budget), replace=False)
+    return StrategyChoice(chosen, ('random_draw',) * chosen.size)
+
+
+def disagreement_strategy(selection: SelectionInput) -> StrategyChoice:
+    """The whole pool, or the ``budget`` frames of largest δ/τ; no randomness.
+
+    Flagged frames come first, ties go by frame index.
+    """
+    pool, budget = selection.pool, selection.budget
+    if budget is None or pool.size <= budget:
+        return StrategyChoice(pool, ('within_budget',) * pool.size)
+    flagged = selection.non_finite
+    excess = np.where(flagged, np.inf, selection.excess())[pool]
+    chosen = pool[np.argsort(-excess, kind='stable')[: int(budget)]]
+    reasons = tuple('non_finite' if flagged[i] else 'largest_excess' for i in chosen.tolist())
+    return StrategyChoice(chosen, reasons)
+
+
+register_strategy('paper', paper_strategy)
+register_strategy('disagreement', disagreement_strategy)
+
+
+def _checked_choice(
+    name: str, choice: Any, selection: SelectionInput
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The strategy's choice as (sorted indices, their reasons); ValueError saying what is off."""
+    if not isinstance(choice, tuple) or len(choice) != 2:
+        raise ValueError(
+            f'selection strategy {name!r} must return (selected, reasons), got {choice!r}'
+        )
+    selected, reasons = choice
+    indices = np.asarray(selected).reshape(-1)
+    if indices.size and not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f'selection strategy {name!r} returned non-integer frame indices')
+    indices = indices.astype(np.int64)
+    reasons = (reasons,) * indices.size if isinstance(reasons, str) else tuple(reasons)
+    if len(reasons) != indices.size or not all(isinstance(r, str) and r for r in reasons):
+        raise ValueError(
+            f'selection strategy {name!r} must give one non-empty reason per selected frame '
+            f'({indices.size} frames, {len(reasons)} reasons)'
+        )
+    if np.unique(indices).size != indices.size:
+        raise ValueError(f'selection strategy {name!r} selected a frame twice')
+    outside = np.setdiff1d(indices, selection.pool)
+    if outside.size:
+        raise ValueError(
+            f'selection strategy {name!r} selected frames outside the pool of trusted, thinned '
+            f'candidates: {outside[:10].tolist()}'
+        )
+    if selection.budget is not None and indices.size > selection.budget:
+        raise ValueError(
+            f'selection strategy {name!r} selected {indices.size} frames, over the budget '
+            f'max_selected = {selection.budget}'
+        )
+    order = np.argsort(indices, kind='stable')
+    return indices[order], tuple(reasons[i] for i in order.tolist())
+
+
 def select_frames(
     disagreement: Any,
     thresholds: Any,
@@ -352,18 +580,18 @@ def select_frames(
     non_finite: Any = None,
     settings: SelectionSettings | None = None,
 ) -> SelectionResult:
-    """Candidates → trust bound → near-duplicate thinning → cap (seeded random or by excess δ/τ).
+    """Candidates → trust bound → near-duplicate thinning → the settings' selection strategy.
 
     :param disagreement: per-frame δ by property (a mapping or a ``Disagreement``); its
         ``'forces'`` entry (δ_F, eV/Å) feeds the force-disagreement trust bound.
     :param thresholds: τ by property (a mapping or a ``Calibration``).
-    :param seed: seed of the ``numpy`` Generator that draws the capped selection.
+    :param seed: seed of the strategy's ``numpy`` Generator (the paper's random cap draws with it).
     :param n_atoms: (F,) atoms per frame, and ``positions`` (A, 3) Å: needed for thinning,
         which is skipped when either is None (see :func:`thin_near_duplicates` for the rest).
     :param min_distances: (F,) minimum interatomic distance per frame (Å), or None.
     :param max_forces: (F,) largest committee-mean force norm per frame (eV/Å), or None.
     :param non_finite: (F,) frames where a member's prediction was not finite, or None: always
-        candidates, first under ``cap_order='disagreement'``.
+        candidates, first under the ``'disagreement'`` strategy.
     """
     settings = settings or SelectionSettings()
     deltas = property_arrays(disagreement)
@@ -402,15 +630,27 @@ def select_frames(
             cells=cells,
             pbc=pbc,
         )
-    selected = trusted
-    cap = settings.max_selected
-    if cap is not None and trusted.size > int(cap):
-        if settings.cap_order == 'disagreement':
-            excess = np.where(flagged, np.inf, excess_over_threshold(deltas, taus))[trusted]
-            selected = np.sort(trusted[np.argsort(-excess, kind='stable')[: int(cap)]])
-        else:
-            rng = np.random.default_rng(int(seed))
-            selected = np.sort(rng.choice(trusted, size=int(cap), replace=False))
+    selection = SelectionInput(
+        pool=_read_only(trusted),
+        deltas=MappingProxyType({name: _read_only(value) for name, value in deltas.items()}),
+        thresholds=MappingProxyType(dict(taus)),
+        non_finite=_read_only(flagged),
+        budget=None if settings.max_selected is None else int(settings.max_selected),
+        seed=int(seed),
+        settings=settings,
+        n_atoms=_read_only(n_atoms),
+        positions=_read_only(positions, float),
+        numbers=_read_only(numbers),
+        cells=_read_only(cells, float),
+        pbc=_read_only(pbc, bool),
+        run_id=_read_only(run_id),
+        step=_read_only(step),
+        min_distances=_read_only(_optional_frame_array(min_distances, n_frames, 'min_distances')),
+        max_forces=_read_only(_optional_frame_array(max_forces, n_frames, 'max_forces')),
+    )
+    selected, selection_reasons = _checked_choice(
+        settings.strategy, get_strategy(settings.strategy)(selection), selection
+    )
     return SelectionResult(
         n_frames=n_frames,
         candidates=_indices(candidates),
@@ -420,4 +660,6 @@ def select_frames(
         reasons=reasons,
         seed=int(seed),
         non_finite=_indices(flagged),
+        strategy=settings.strategy,
+        selection_reasons=selection_reasons,
     )

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aiida import orm
-from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
-from aiida.engine import CalcJob
 
+from aiida_trainspot.common.runner_job import Copies, RunnerCalculation
+from aiida_trainspot.common.validators import one_of
 from aiida_trainspot.data.pesdata import PESData
-from aiida_trainspot.data.store import write_shard
 from aiida_trainspot.training.loader import DEVICES, ENGINES
-from aiida_trainspot.training.model import EXTENSIONS_DIR, MODEL_DIR, PotentialModel
-from aiida_trainspot.workflows.runner_job import runner_calcinfo
+from aiida_trainspot.training.model import PotentialModel
 
 from .md import (
     ENGINE,
@@ -49,10 +48,6 @@ CONFIG_FILE = 'md.json'
 TRAJECTORY_FILE = 'trajectory.h5'
 SUMMARY_FILE = 'summary.json'
 MODEL_FOLDER = 'model'
-STDOUT_FILE = 'trainspot-ase-md.out'
-STDERR_FILE = 'trainspot-ase-md.err'
-#: Engines whose calculators need the model's ``extensions/`` folder at load time.
-NEEDS_EXTENSIONS = frozenset({'metatrain'})
 _MAX_SEED = 2**63 - 1
 _MAX_REPORTED = 5
 
@@ -90,13 +85,6 @@ def validate_seed(value: orm.Int | None, _ctx=None) -> str | None:
     """A non-negative 64-bit integer."""
     if value is not None and not 0 <= value.value <= _MAX_SEED:
         return f'`seed`: must be between 0 and {_MAX_SEED}, got {value.value}'
-    return None
-
-
-def validate_device(value: orm.Str | None, _ctx=None) -> str | None:
-    """'cpu' or 'cuda'."""
-    if value is not None and value.value not in DEVICES:
-        return f'`device`: {value.value!r} is not one of {list(DEVICES)}'
     return None
 
 
@@ -172,17 +160,18 @@ def run_id_prefix(inputs: dict[str, Any]) -> str:
     return f'{ENGINE}-{digest[:12]}'
 
 
-class AseMdCalculation(CalcJob):
+class AseMdCalculation(RunnerCalculation):
     """Molecular dynamics from every starting frame with one potential, in ASE, in one job."""
+
+    PARSER_NAME = 'trainspot.ase.md'
+    CONFIG_FILE = CONFIG_FILE
+    RUNNER = 'trainspot-ase-md'
+    RETRIEVE = (TRAJECTORY_FILE, SUMMARY_FILE)
 
     @classmethod
     def define(cls, spec):
-        """Inputs, outputs and exit codes."""
+        """Inputs, outputs and exit codes (300-303: :class:`RunnerCalculation`)."""
         super().define(spec)
-        options = spec.inputs['metadata']['options']
-        options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        options['withmpi'].default = False
-        options['parser_name'].default = 'trainspot.ase.md'
 
         spec.input(
             'model',
@@ -233,7 +222,7 @@ class AseMdCalculation(CalcJob):
             'device',
             valid_type=orm.Str,
             default=lambda: orm.Str('cpu'),
-            validator=validate_device,
+            validator=one_of('device', DEVICES),
             help=f'Torch device of the model: one of {list(DEVICES)}.',
         )
         spec.inputs.validator = validate_inputs
@@ -266,29 +255,6 @@ class AseMdCalculation(CalcJob):
         spec.default_output_node = 'summary'
 
         spec.exit_code(
-            300,
-            'ERROR_OUTPUT_MISSING',
-            invalidates_cache=True,
-            message='The MD runner wrote no {filename}: {detail}',
-        )
-        spec.exit_code(
-            301,
-            'ERROR_OUTPUT_UNREADABLE',
-            invalidates_cache=True,
-            message='The output {filename} is unreadable or inconsistent: {detail}',
-        )
-        spec.exit_code(
-            302,
-            'ERROR_MODEL_LOAD_FAILED',
-            message='The model could not be loaded on the computer: {detail}',
-        )
-        spec.exit_code(
-            303,
-            'ERROR_INPUT_UNREADABLE',
-            invalidates_cache=True,
-            message='The MD runner could not read its input files: {detail}',
-        )
-        spec.exit_code(
             310,
             'ERROR_ALL_RUNS_ABORTED',
             message=(
@@ -297,31 +263,22 @@ class AseMdCalculation(CalcJob):
             ),
         )
 
-    def prepare_for_submission(self, folder: Folder) -> CalcInfo:
-        """Write the frames and the configuration; copy the model."""
+    def write_inputs(self, folder: Folder, copies: Copies) -> Mapping[str, Any]:
+        """Write the frames; copy the model; return the runner's configuration."""
         structures = self.inputs.structures
         model = self.inputs.model
-        write_shard(structures.get_columns([]), folder.get_abs_path(FRAMES_FILE))
-
-        local_copy_list = []
-        model_path = f'{MODEL_FOLDER}/{model.model_filename}'
-        local_copy_list.append((model.uuid, f'{MODEL_DIR}/{model.model_filename}', model_path))
-        extensions = None
-        if model.engine in NEEDS_EXTENSIONS and model.has_extensions:
-            extensions = f'{MODEL_FOLDER}/extensions'
-            local_copy_list.append((model.uuid, EXTENSIONS_DIR, extensions))
-
+        structures.to_job(folder, FRAMES_FILE, columns=[])
+        model_files = self.copy_model(model, MODEL_FOLDER, copies, 'model')
         protocol = MdProtocol.from_dict(self.inputs.parameters.get_dict(), len(structures))
         seed = int(self.inputs.seed.value)
         prefix = run_id_prefix(
             {'model': model, 'structures': structures, 'protocol': protocol.to_dict(), 'seed': seed}
         )
-        config = {
+        return {
             'frames': FRAMES_FILE,
             'model': {
                 'engine': model.engine,
-                'path': model_path,
-                'extensions': extensions,
+                **model_files,
                 'dtype': str(model.base.attributes.get('dtype') or 'float64'),
             },
             'device': self.inputs.device.value,
@@ -331,13 +288,3 @@ class AseMdCalculation(CalcJob):
             'trajectory': TRAJECTORY_FILE,
             'summary': SUMMARY_FILE,
         }
-        return runner_calcinfo(
-            self,
-            folder,
-            config,
-            config_file=CONFIG_FILE,
-            stdout=STDOUT_FILE,
-            stderr=STDERR_FILE,
-            local_copy_list=local_copy_list,
-            retrieve=[TRAJECTORY_FILE, SUMMARY_FILE],
-        )

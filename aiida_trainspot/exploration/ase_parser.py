@@ -14,34 +14,26 @@ from typing import Any
 import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
-from aiida.parsers import Parser
 
+from aiida_trainspot.common.runner_job import RunnerParser
 from aiida_trainspot.data.columns import Columns
 from aiida_trainspot.data.pesdata import PESData
 from aiida_trainspot.data.store import read_shard
-from aiida_trainspot.runners.ase_md import INPUT_FAILED, MODEL_LOAD_FAILED
 
-from .ase_calculation import STDERR_FILE, SUMMARY_FILE, TRAJECTORY_FILE
+from .ase_calculation import SUMMARY_FILE, TRAJECTORY_FILE
 from .md import METADATA_COLUMNS
 
 __all__ = ('AseMdParser',)
 
-_STDERR_TAIL = 2000
-_FAILURES = {
-    MODEL_LOAD_FAILED: 'ERROR_MODEL_LOAD_FAILED',
-    INPUT_FAILED: 'ERROR_INPUT_UNREADABLE',
-}
 
-
-class AseMdParser(Parser):
+class AseMdParser(RunnerParser):
     """Parse ``trajectory.h5`` and ``summary.json`` of an :class:`~.AseMdCalculation`."""
 
     def parse(self, **kwargs) -> ExitCode | None:
         """Attach ``trajectory`` and ``summary``; return an exit code on failure."""
-        names = self.retrieved.base.repository.list_object_names()
-        for filename in (SUMMARY_FILE, TRAJECTORY_FILE):
-            if filename not in names:
-                return self._missing(names, filename)
+        missing = self.missing_output([SUMMARY_FILE, TRAJECTORY_FILE])
+        if missing is not None:
+            return missing
         structures: PESData = self.node.inputs.structures
         try:
             summary = json.loads(
@@ -52,10 +44,7 @@ class AseMdParser(Parser):
             _check(columns, summary, structures)
             trajectory = PESData(columns)
         except Exception as exc:
-            return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
-                filename=f'{TRAJECTORY_FILE} / {SUMMARY_FILE}',
-                detail=f'{type(exc).__name__}: {exc}',
-            )
+            return self.unreadable(f'{TRAJECTORY_FILE} / {SUMMARY_FILE}', exc)
         self.out('trajectory', trajectory)
         self.out('summary', orm.Dict(summary))
         if columns.n_frames == 0:
@@ -63,18 +52,6 @@ class AseMdParser(Parser):
                 n_runs=len(summary['runs']), reason=_first_reason(summary['runs'])
             )
         return None
-
-    def _missing(self, names: list[str], filename: str) -> ExitCode:
-        stderr = ''
-        if STDERR_FILE in names:
-            stderr = self.retrieved.base.repository.get_object_content(STDERR_FILE, mode='r')
-        for line in reversed(stderr.splitlines()):
-            for prefix, exit_code in _FAILURES.items():
-                if line.startswith(prefix):
-                    detail = line[len(prefix) :].lstrip(': ')
-                    return getattr(self.exit_codes, exit_code).format(detail=detail)
-        detail = stderr[-_STDERR_TAIL:].strip() or 'the runner printed nothing on stderr'
-        return self.exit_codes.ERROR_OUTPUT_MISSING.format(filename=filename, detail=detail)
 
 
 def _first_reason(runs: list[dict[str, Any]]) -> str:

@@ -17,10 +17,10 @@ from aiida import orm
 from aiida.engine import WorkChain, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
 
+from aiida_trainspot.common import throttle
 from aiida_trainspot.data import PESData
 from aiida_trainspot.data.operations import subset_dataset
 from aiida_trainspot.training.model import PotentialModel
-from aiida_trainspot.workflows import throttle
 
 from .ase_calculation import AseMdCalculation, run_id_prefix
 from .lammps_engine import (
@@ -34,9 +34,8 @@ from .lammps_engine import (
 )
 from .plan import (
     DEFAULT_PROTOCOL,
-    ase_parameters,
+    ExplorationProtocol,
     choose_member,
-    lammps_settings,
     make_plan,
     protocol_problems,
     run_seeds,
@@ -154,8 +153,9 @@ class ExplorationWorkChain(WorkChain):
             'protocol',
             valid_type=orm.Dict,
             default=lambda: orm.Dict({}),
-            help=f'MD protocol over the defaults {DEFAULT_PROTOCOL} (ranges in K and kbar; '
-            'explicit `temperatures`/`pressures_kbar` lists are cycled over the runs).',
+            help=f'MD protocol (ExplorationProtocol) over the defaults {DEFAULT_PROTOCOL} '
+            '(ranges in K and kbar; explicit `temperatures`/`pressures_kbar` lists are cycled '
+            "over the runs); checked at submission with the MD jobs' own validation.",
         )
         spec.input(
             'seed', valid_type=orm.Int, default=lambda: orm.Int(0), help='Seed of every draw.'
@@ -202,11 +202,10 @@ class ExplorationWorkChain(WorkChain):
             label = choose_member(list(self.inputs.models), self.inputs.seed.value)
             self.ctx.model = self.inputs.models[label]
             self.report(f'driving the MD with committee member {label}')
-        protocol = self.inputs.protocol.get_dict()
         plan = make_plan(
             self.inputs.structures.n_atoms_per_frame(),
             self.inputs.n_structures.value,
-            protocol,
+            self._protocol(),
             self.inputs.seed.value,
         )
         self.ctx.plan = {
@@ -216,6 +215,10 @@ class ExplorationWorkChain(WorkChain):
         }
         # one seed per run, from the stage seed and the run index alone (both engines)
         self.ctx.seeds = run_seeds(self.inputs.seed.value, len(plan.frames))
+
+    def _protocol(self) -> ExplorationProtocol:
+        """The ``protocol`` input, parsed (the input validator has checked it)."""
+        return ExplorationProtocol.from_dict(self.inputs.protocol.get_dict())
 
     def is_ase(self) -> bool:
         """Whether the ase engine runs the MD."""
@@ -262,8 +265,7 @@ class ExplorationWorkChain(WorkChain):
         runs = self.ctx.jobs[key]
         plan = self.ctx.plan
         frames = subset_dataset(self.inputs.structures, orm.List([plan['frames'][r] for r in runs]))
-        parameters = ase_parameters(
-            self.inputs.protocol.get_dict(),
+        parameters = self._protocol().job_parameters(
             [plan['temperatures'][r] for r in runs],
             [plan['pressures_kbar'][r] for r in runs],
             seeds=[self.ctx.seeds[r] for r in runs],
@@ -305,8 +307,7 @@ class ExplorationWorkChain(WorkChain):
         plan = self.ctx.plan
         frame = plan['frames'][run]
         atoms = self.inputs.structures.get_atoms(frame)
-        settings = lammps_settings(
-            self.inputs.protocol.get_dict(),
+        settings = self._protocol().lammps_settings(
             plan['temperatures'][run],
             plan['pressures_kbar'][run],
             self.ctx.seeds[run],

@@ -11,16 +11,15 @@ installed (the ``code`` is that computer's ``trainspot-ase-label``).
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import PurePosixPath
+from typing import Any
 
 from aiida import orm
-from aiida.common.datastructures import CalcInfo, CodeInfo
 from aiida.common.folders import Folder
-from aiida.engine import CalcJob
 
+from aiida_trainspot.common.runner_job import Copies, RunnerCalculation
 from aiida_trainspot.data.pesdata import PESData
-from aiida_trainspot.data.store import write_shard
 
 from .ase_engine import (
     CALCULATOR_FILE,
@@ -28,8 +27,6 @@ from .ase_engine import (
     LABELS_FILE,
     NEEDS_PARAMETER_FILE,
     PARAMETER_FILE,
-    STDERR_FILE,
-    STDOUT_FILE,
     CalculatorSpecError,
     check_calculator_spec,
 )
@@ -80,18 +77,22 @@ def validate_inputs(inputs: dict, ctx=None) -> str | None:
     return None
 
 
-class AseLabelCalculation(CalcJob):
+class AseLabelCalculation(RunnerCalculation):
     """Label every frame of a dataset with an ASE calculator, in one job."""
+
+    PARSER_NAME = 'trainspot.ase.label'
+    CONFIG_FILE = CALCULATOR_FILE
+    RUNNER = 'trainspot-ase-label'
+    RETRIEVE = (LABELS_FILE,)
+    SETUP_EXIT_CODE = (
+        'ERROR_CALCULATOR_SETUP',
+        'The calculator could not be built on the computer: {detail}',
+    )
 
     @classmethod
     def define(cls, spec):
-        """Inputs, outputs and exit codes."""
+        """Inputs, outputs and exit codes (300-303: :class:`RunnerCalculation`)."""
         super().define(spec)
-        options = spec.inputs['metadata']['options']
-        options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        options['withmpi'].default = False
-        options['parser_name'].default = 'trainspot.ase.label'
-
         spec.input(
             'dataset',
             valid_type=PESData,
@@ -143,54 +144,24 @@ class AseLabelCalculation(CalcJob):
         spec.default_output_node = 'summary'
 
         spec.exit_code(
-            300,
-            'ERROR_OUTPUT_MISSING',
-            invalidates_cache=True,
-            message='The labeller wrote no {filename}: {detail}',
-        )
-        spec.exit_code(
-            301,
-            'ERROR_OUTPUT_UNREADABLE',
-            invalidates_cache=True,
-            message='The labels file {filename} is unreadable or inconsistent: {detail}',
-        )
-        spec.exit_code(
-            302,
-            'ERROR_CALCULATOR_SETUP',
-            message='The calculator could not be built on the computer: {detail}',
-        )
-        spec.exit_code(
             310,
             'ERROR_ALL_FRAMES_FAILED',
             message='All {n_frames} frames failed (see the `failed` output); the first: {reason}',
         )
 
-    def prepare_for_submission(self, folder: Folder) -> CalcInfo:
-        """Write the frames and the calculator spec; run the labeller on them."""
-        dataset = self.inputs.dataset
-        write_shard(dataset.get_columns([]), folder.get_abs_path(FRAMES_FILE))
+    def cmdline_params(self) -> list[str]:
+        """``FRAMES CALCULATOR LABELS``."""
+        return [FRAMES_FILE, CALCULATOR_FILE, LABELS_FILE]
 
-        local_copy_list = []
+    def write_inputs(self, folder: Folder, copies: Copies) -> Mapping[str, Any]:
+        """Write the frames; copy the parameter file; return the calculator spec."""
+        self.inputs.dataset.to_job(folder, FRAMES_FILE, columns=[])
         spec = dict(self.inputs.calculator.get_dict())
         spec['kwargs'] = dict(spec.get('kwargs') or {})
         spec['parameter_file'] = None
         if 'parameter_file' in self.inputs:
             parameter_file = self.inputs.parameter_file
             target = PARAMETER_FILE + PurePosixPath(parameter_file.filename).suffix
-            local_copy_list.append((parameter_file.uuid, parameter_file.filename, target))
+            copies.append((parameter_file.uuid, parameter_file.filename, target))
             spec['parameter_file'] = target
-        with folder.open(CALCULATOR_FILE, 'w', encoding='utf-8') as handle:
-            json.dump(spec, handle, indent=2, sort_keys=True)
-
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = [FRAMES_FILE, CALCULATOR_FILE, LABELS_FILE]
-        codeinfo.stdout_name = STDOUT_FILE
-        codeinfo.stderr_name = STDERR_FILE
-        codeinfo.withmpi = self.inputs.metadata.options.withmpi
-
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = local_copy_list
-        calcinfo.retrieve_list = [LABELS_FILE, STDOUT_FILE, STDERR_FILE]
-        return calcinfo
+        return spec

@@ -36,6 +36,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
+from aiida_trainspot.common.runner import EXIT_MODEL_LOAD_FAILED
 from aiida_trainspot.data.columns import Columns, carries_stress
 
 #: Files of the job folder (all relative: the job runs unchanged on a remote computer).
@@ -43,16 +44,13 @@ FRAMES_FILE = 'frames.h5'
 CALCULATOR_FILE = 'calculator.json'
 LABELS_FILE = 'labels.h5'
 PARAMETER_FILE = 'calculator.parameters'
-STDOUT_FILE = 'trainspot-ase-label.out'
-STDERR_FILE = 'trainspot-ase-label.err'
 
 #: Column of the labels file holding each frame's failure reason ('' when labelled).
 ERROR_COLUMN = 'error'
 #: What the executable writes to stderr (and exits with) when it cannot run at all.
+#: (An unreadable input: INPUT_FAILED of :mod:`aiida_trainspot.common.runner`, as every runner.)
 SETUP_FAILED = 'CALCULATOR SETUP FAILED'
-INPUT_FAILED = 'INPUT UNREADABLE'
-EXIT_SETUP_FAILED = 3
-EXIT_INPUT_FAILED = 4
+EXIT_SETUP_FAILED = EXIT_MODEL_LOAD_FAILED
 
 #: name -> (module, class) of the built-in calculators.
 BUILTIN_CALCULATORS: dict[str, tuple[str, str]] = {

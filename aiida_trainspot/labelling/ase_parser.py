@@ -10,44 +10,38 @@ from __future__ import annotations
 import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
-from aiida.parsers import Parser
 
+from aiida_trainspot.common.runner import INPUT_FAILED
+from aiida_trainspot.common.runner_job import RunnerParser
 from aiida_trainspot.data.columns import Columns
 from aiida_trainspot.data.pesdata import PESData
 from aiida_trainspot.data.store import read_shard
 
-from .ase_engine import ERROR_COLUMN, LABELS_FILE, SETUP_FAILED, STDERR_FILE
+from .ase_engine import ERROR_COLUMN, LABELS_FILE, SETUP_FAILED
 
 __all__ = ('AseLabelParser',)
 
 FAILURE_REASON = 'failure_reason'
 EXIT_STATUS = 'exit_status'
-_STDERR_TAIL = 2000
 
 
-class AseLabelParser(Parser):
+class AseLabelParser(RunnerParser):
     """Parse ``labels.h5`` of an :class:`~.ase_calculation.AseLabelCalculation`."""
+
+    FAILURES = {SETUP_FAILED: 'ERROR_CALCULATOR_SETUP', INPUT_FAILED: 'ERROR_INPUT_UNREADABLE'}
 
     def parse(self, **kwargs) -> ExitCode | None:
         """Attach ``labelled``, ``failed`` and ``summary``; return an exit code on failure."""
-        names = self.retrieved.base.repository.list_object_names()
-        if LABELS_FILE not in names:
-            stderr = self._stderr(names)
-            setup = [line for line in stderr.splitlines() if line.startswith(SETUP_FAILED)]
-            if setup:
-                detail = setup[-1][len(SETUP_FAILED) :].lstrip(': ')
-                return self.exit_codes.ERROR_CALCULATOR_SETUP.format(detail=detail)
-            detail = stderr[-_STDERR_TAIL:].strip() or 'the labeller printed nothing on stderr'
-            return self.exit_codes.ERROR_OUTPUT_MISSING.format(filename=LABELS_FILE, detail=detail)
+        missing = self.missing_output([LABELS_FILE])
+        if missing is not None:
+            return missing
         dataset: PESData = self.node.inputs.dataset
         try:
             with self.retrieved.base.repository.open(LABELS_FILE, 'rb') as handle:
                 labels = read_shard(handle)
             _check(labels, dataset)
         except Exception as exc:
-            return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
-                filename=LABELS_FILE, detail=f'{type(exc).__name__}: {exc}'
-            )
+            return self.unreadable(LABELS_FILE, exc)
 
         errors = np.array([str(e) for e in labels.frame[ERROR_COLUMN]], dtype=object)
         failed_mask = (errors != '') | ~labels.mask('energy') | ~labels.mask('forces')
@@ -91,11 +85,6 @@ class AseLabelParser(Parser):
             ),
         )
         return exit_code
-
-    def _stderr(self, names: list[str]) -> str:
-        if STDERR_FILE not in names:
-            return ''
-        return self.retrieved.base.repository.get_object_content(STDERR_FILE, mode='r')
 
 
 def _check(labels: Columns, dataset: PESData) -> None:

@@ -27,9 +27,9 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from aiida.plugins import WorkflowFactory
 
+from aiida_trainspot.common import throttle
 from aiida_trainspot.common.settings import recursive_merge
 from aiida_trainspot.data import PESData
-from aiida_trainspot.workflows import throttle
 
 from . import dft
 from .ase_calculation import AseLabelCalculation

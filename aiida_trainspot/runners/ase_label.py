@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from aiida_trainspot.common.runner import (
+    EXIT_INPUT_FAILED,
+    INPUT_FAILED,
+    RunnerError,
+    run_main,
+    write_atomically,
+)
 from aiida_trainspot.data.store import read_shard, write_shard
 from aiida_trainspot.labelling.ase_engine import (
-    EXIT_INPUT_FAILED,
     EXIT_SETUP_FAILED,
-    INPUT_FAILED,
     SETUP_FAILED,
     failure_reason,
     label_columns,
@@ -48,33 +53,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the labelling; return the exit status (console scripts ``sys.exit`` it)."""
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Label the frames; write the labels (atomically); return the summary."""
     try:
         spec = json.loads(Path(args.calculator).read_text())
         parameter_file = spec.pop('parameter_file', None)
         calculator = make_calculator(spec, parameter_file)
     except Exception as exc:
-        print(f'{SETUP_FAILED}: {failure_reason(exc)}', file=sys.stderr, flush=True)
-        return EXIT_SETUP_FAILED
+        raise RunnerError(SETUP_FAILED, EXIT_SETUP_FAILED, failure_reason(exc)) from exc
     try:
         frames = read_shard(args.frames)
     except Exception as exc:
-        print(f'{INPUT_FAILED}: {args.frames}: {failure_reason(exc)}', file=sys.stderr)
-        return EXIT_INPUT_FAILED
+        detail = f'{args.frames}: {failure_reason(exc)}'
+        raise RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, detail) from exc
     start = time.perf_counter()
     labels = label_columns(frames, calculator)
     seconds = time.perf_counter() - start
-    # write then rename: a job killed while writing leaves no truncated labels file
-    target = Path(args.labels)
-    partial = target.with_name(f'.{target.name}.partial')
-    write_shard(labels, str(partial))
-    os.replace(partial, target)
+    write_atomically(Path(args.labels), lambda path: write_shard(labels, str(path)))
     summary = summarise(labels, seconds)
     summary['calculator'] = spec.get('name')
-    print(json.dumps(summary), flush=True)
-    return 0
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the labelling; return the exit status (console scripts ``sys.exit`` it)."""
+    return run_main(_parser(), run, argv, show_traceback=False)
 
 
 if __name__ == '__main__':

@@ -32,16 +32,22 @@ with ``MODEL LOAD FAILED`` or ``INPUT UNREADABLE`` on stderr says why).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aiida_trainspot.common.runner import (
+    EXIT_INPUT_FAILED,
+    EXIT_MODEL_LOAD_FAILED,
+    RunnerError,
+    config_main,
+    one_line,
+    write_atomically,
+)
 from aiida_trainspot.data.convert import atoms_from_columns
 from aiida_trainspot.data.store import read_shard, write_shard
 from aiida_trainspot.exploration.md import (
@@ -51,25 +57,15 @@ from aiida_trainspot.exploration.md import (
     RunResult,
     explore,
 )
-from aiida_trainspot.runners.common import (
-    EXIT_INPUT_FAILED,
-    EXIT_MODEL_LOAD_FAILED,
-    INPUT_FAILED,
-    MODEL_LOAD_FAILED,
-    RunnerError,
-    one_line,
-    write_atomically,
-)
 from aiida_trainspot.training.loader import load_calculator
 
+# with the exit statuses of a failed run (see the docstring), part of the runner's interface
+__all__ = ('EXIT_INPUT_FAILED', 'EXIT_MODEL_LOAD_FAILED', 'main', 'run')
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='trainspot-ase-md',
-        description='Run ASE molecular dynamics with a trained potential (see the docstring).',
-    )
-    parser.add_argument('config', help='MD config (JSON)')
-    return parser
+PROG = 'trainspot-ase-md'
+#: The keys the configuration must give.
+CONFIG_KEYS = ('model', 'frames')
+DESCRIPTION = 'Run ASE molecular dynamics with a trained potential (see the docstring).'
 
 
 def _progress(result: RunResult) -> None:
@@ -103,7 +99,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         device = config.get('device', 'cpu')
         prefix = str(config.get('run_id_prefix') or ENGINE)
     except Exception as exc:
-        raise RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, one_line(exc)) from exc
+        raise RunnerError.input_failed(one_line(exc)) from exc
     start = time.perf_counter()
     try:
         calculator = load_calculator(
@@ -114,7 +110,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             extensions_dir=model.get('extensions'),
         )
     except Exception as exc:
-        raise RunnerError(MODEL_LOAD_FAILED, EXIT_MODEL_LOAD_FAILED, one_line(exc)) from exc
+        raise RunnerError.model_load_failed(one_line(exc)) from exc
     load_seconds = time.perf_counter() - start
     with _same_execution_every_call():
         trajectory, runs = explore(
@@ -157,23 +153,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the MD; return the exit status (console scripts ``sys.exit`` it)."""
-    args = _parser().parse_args(argv)
-    try:
-        try:
-            config = json.loads(Path(args.config).read_text())
-            if not isinstance(config, dict) or 'model' not in config or 'frames' not in config:
-                raise ValueError('the config names no model or no frames')
-        except Exception as exc:
-            raise RunnerError(
-                INPUT_FAILED, EXIT_INPUT_FAILED, f'{args.config}: {one_line(exc)}'
-            ) from exc
-        report = run(config)
-    except RunnerError as failure:
-        traceback.print_exception(failure.__cause__ or failure, file=sys.stderr)
-        print(f'{failure.prefix}: {failure.detail}', file=sys.stderr, flush=True)
-        return failure.status
-    print(json.dumps(report), flush=True)
-    return 0
+    return config_main(argv, run, prog=PROG, description=DESCRIPTION, required=CONFIG_KEYS)
 
 
 if __name__ == '__main__':

@@ -42,11 +42,9 @@ members are left (a line starting with ``MODEL LOAD FAILED``, ``INPUT UNREADABLE
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +52,15 @@ from typing import Any
 
 import numpy as np
 
+from aiida_trainspot.common.runner import RunnerError, config_main, one_line, write_atomically
 from aiida_trainspot.data.columns import STRUCTURE_COLUMNS, concatenate_columns
 from aiida_trainspot.data.store import DatasetIndex, FrameStore, read_shard, write_shard
 from aiida_trainspot.evaluation.calibration import Calibration
 from aiida_trainspot.evaluation.disagreement import DISAGREEMENT_UNITS, METRIC_UNITS, PROPERTIES
 from aiida_trainspot.evaluation.inference import (
     DISAGREEMENT_NAMES,
+    EXIT_INFERENCE_FAILED,
+    INFERENCE_FAILED,
     SPLIT_COLUMN,
     InferenceError,
     MetricsAccumulator,
@@ -70,33 +71,18 @@ from aiida_trainspot.evaluation.inference import (
     reference_labels,
     split_column,
 )
-from aiida_trainspot.runners.common import (
-    EXIT_INPUT_FAILED,
-    EXIT_MODEL_LOAD_FAILED,
-    INPUT_FAILED,
-    MODEL_LOAD_FAILED,
-    RunnerError,
-    one_line,
-    write_atomically,
-)
 from aiida_trainspot.training.loader import load_calculator
 
-INFERENCE_FAILED = 'INFERENCE FAILED'
-EXIT_INFERENCE_FAILED = 5
+PROG = 'trainspot-evaluate'
+#: The keys the configuration must give.
+CONFIG_KEYS = ('members', 'datasets')
+DESCRIPTION = 'Evaluate a committee of potentials on datasets (see the module docstring).'
+
 #: Members a committee needs after dropping those non-finite everywhere (the
 #: ``MIN_MEMBERS`` of :mod:`aiida_trainspot.evaluation.calculation`, which imports AiiDA).
 MIN_USABLE_MEMBERS = 2
 NON_FINITE = 'NON-FINITE'
 MEMBER_DROPPED = 'MEMBER DROPPED'
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='trainspot-evaluate',
-        description='Evaluate a committee of potentials on datasets (see the module docstring).',
-    )
-    parser.add_argument('config', help='evaluation config (JSON)')
-    return parser
 
 
 def load_members(config: dict[str, Any]) -> list[Any]:
@@ -114,9 +100,7 @@ def load_members(config: dict[str, Any]) -> list[Any]:
                 )
             )
         except Exception as exc:
-            raise RunnerError(
-                MODEL_LOAD_FAILED, EXIT_MODEL_LOAD_FAILED, f'{member["label"]}: {one_line(exc)}'
-            ) from exc
+            raise RunnerError.model_load_failed(f'{member["label"]}: {one_line(exc)}') from exc
     return calculators
 
 
@@ -160,7 +144,7 @@ def evaluate_dataset(
         if missing:
             raise ValueError(f'the dataset has no {missing} columns')
     except Exception as exc:
-        raise RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, f'{name}: {one_line(exc)}') from exc
+        raise RunnerError.input_failed(f'{name}: {one_line(exc)}') from exc
     accumulator = MetricsAccumulator(len(calculators))
     parts = []
     deltas: dict[str, list[np.ndarray]] = {key: [] for key in DISAGREEMENT_NAMES}
@@ -176,9 +160,7 @@ def evaluate_dataset(
             except StopIteration:
                 break
             except Exception as exc:
-                raise RunnerError(
-                    INPUT_FAILED, EXIT_INPUT_FAILED, f'{name}: {one_line(exc)}'
-                ) from exc
+                raise RunnerError.input_failed(f'{name}: {one_line(exc)}') from exc
             try:
                 members = predict_members(calculators, columns, batch_size=batch_size)
             except InferenceError as exc:
@@ -258,7 +240,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         chunk_size = int(config.get('chunk_size', 1000))
         shards = Path(config.get('shards', 'shards'))
     except Exception as exc:
-        raise RunnerError(INPUT_FAILED, EXIT_INPUT_FAILED, f'config: {one_line(exc)}') from exc
+        raise RunnerError.input_failed(f'config: {one_line(exc)}') from exc
     start = time.perf_counter()
     calculators = load_members(config)
     load_seconds = time.perf_counter() - start
@@ -341,23 +323,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation; return the exit status (console scripts ``sys.exit`` it)."""
-    args = _parser().parse_args(argv)
-    try:
-        try:
-            config = json.loads(Path(args.config).read_text())
-            if not config.get('members') or not config.get('datasets'):
-                raise ValueError('the config names no members or no datasets')
-        except Exception as exc:
-            raise RunnerError(
-                INPUT_FAILED, EXIT_INPUT_FAILED, f'{args.config}: {one_line(exc)}'
-            ) from exc
-        report = run(config)
-    except RunnerError as failure:
-        traceback.print_exception(failure.__cause__ or failure, file=sys.stderr)
-        print(f'{failure.prefix}: {failure.detail}', file=sys.stderr, flush=True)
-        return failure.status
-    print(json.dumps(report), flush=True)
-    return 0
+    return config_main(argv, run, prog=PROG, description=DESCRIPTION, required=CONFIG_KEYS)
 
 
 if __name__ == '__main__':

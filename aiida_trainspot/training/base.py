@@ -19,6 +19,7 @@ from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 from aiida.parsers import Parser
 
+from aiida_trainspot.common.runner_job import one_process_options
 from aiida_trainspot.data import PESData
 
 from .loader import DEVICES, DTYPES
@@ -82,9 +83,7 @@ class TrainingCalculation(CalcJob):
     def define(cls, spec):
         """Inputs, outputs and exit codes shared by all engines."""
         super().define(spec)
-        options = spec.inputs['metadata']['options']
-        options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        options['withmpi'].default = False
+        one_process_options(spec)
         spec.input(
             'training', valid_type=PESData, validator=validate_training_set, help='Training frames.'
         )

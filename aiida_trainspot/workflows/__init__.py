@@ -1,1 +1,1 @@
-"""Work-chain building blocks shared by the stages, and the active-learning loop."""
+"""The active-learning loop (``TrainsPotWorkChain``) and its helpers; no stage imports it."""

@@ -10,14 +10,10 @@ from aiida import orm
 from ase.data import chemical_symbols
 
 from aiida_trainspot.common.settings import unknown_keys
-from aiida_trainspot.evaluation.calibration import ERROR_KINDS, METHODS, PROPERTIES
-from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND
+from aiida_trainspot.evaluation.calibration import PROPERTIES, CalibrationSettings
 from aiida_trainspot.evaluation.selection import SelectionSettings
 
 from .operations import labelled_mask
-
-CALIBRATION_KEYS = frozenset({'method', 'min_points', 'splits', 'power_law', 'error'})
-SPLITS = ('train', 'validation', 'test')
 
 
 def validate_error_thresholds(values: dict[str, Any]) -> str | None:
@@ -32,20 +28,11 @@ def validate_error_thresholds(values: dict[str, Any]) -> str | None:
 
 
 def validate_calibration(values: dict[str, Any]) -> str | None:
-    """Known keys, a known method and error kind, min_points >= 2, known splits."""
-    unknown = set(values) - CALIBRATION_KEYS
-    if unknown:
-        return unknown_keys('calibration', unknown, CALIBRATION_KEYS)
-    if values.get('method', 'least_squares') not in METHODS:
-        return f'calibration.method: {values["method"]!r} is not one of {list(METHODS)}'
-    if values.get('error', DEFAULT_ERROR_KIND) not in ERROR_KINDS:
-        return f'calibration.error: {values["error"]!r} is not one of {list(ERROR_KINDS)}'
-    min_points = values.get('min_points', 5)
-    if not isinstance(min_points, int) or isinstance(min_points, bool) or min_points < 2:
-        return f'calibration.min_points: must be an integer >= 2, got {min_points!r}'
-    splits = values.get('splits', [])
-    if not isinstance(splits, list) or any(s not in SPLITS for s in splits):
-        return f'calibration.splits: must be a list of {list(SPLITS)}, got {splits!r}'
+    """The settings parse as :class:`CalibrationSettings` (the calibration step's own check)."""
+    try:
+        CalibrationSettings.from_dict(values)
+    except (TypeError, ValueError) as exception:
+        return str(exception)
     return None
 
 

@@ -26,7 +26,7 @@ from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
 from aiida_trainspot.augmentation.workchain import DatasetAugmentationWorkChain
 from aiida_trainspot.data import PESData
 from aiida_trainspot.evaluation.calculation import EvaluationCalculation
-from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND
+from aiida_trainspot.evaluation.calibration import HELD_OUT_SPLITS, CalibrationSettings
 from aiida_trainspot.evaluation.operations import calibrate_committee, select_for_labelling
 from aiida_trainspot.exploration.workchain import ExplorationWorkChain
 from aiida_trainspot.labelling.qe_settings import decide_dft_settings, settings_arguments
@@ -173,25 +173,20 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         spec.input(
             'calibration',
             valid_type=orm.Dict,
-            default=lambda: orm.Dict(
-                {
-                    'method': 'least_squares',
-                    'min_points': 5,
-                    'splits': ['validation', 'test'],
-                    'error': DEFAULT_ERROR_KIND,
-                }
-            ),
-            help='Calibration settings: method (least_squares, median_ratio, huber), min_points, '
-            'splits (the held-out splits fitted on; all labelled frames while too few), error '
-            "(committee_mean: the mean's error, the default; members: each member's RMS error).",
+            default=lambda: orm.Dict(CalibrationSettings(splits=HELD_OUT_SPLITS).to_dict()),
+            help='Calibration settings (CalibrationSettings): method (least_squares, '
+            'median_ratio, huber), min_points, splits (the held-out splits fitted on; all '
+            'labelled frames while too few), power_law, error (committee_mean: the '
+            "mean's error, the default; members: each member's RMS error).",
         )
         spec.input(
             'selection',
             valid_type=orm.Dict,
             default=lambda: orm.Dict({}),
             help='Selection settings (min_displacement, min_distance, max_force, '
-            'max_force_disagreement, force_disagreement_factor, cap_order: random or '
-            'disagreement); max_selected is its own input.',
+            'max_force_disagreement, force_disagreement_factor, strategy: paper or '
+            'disagreement, or cap_order: random or disagreement, the same choice); '
+            'max_selected is its own input.',
         )
         spec.expose_inputs(
             DatasetAugmentationWorkChain,

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from aiida_trainspot.evaluation.calibration import (
     DEFAULT_ERROR_THRESHOLDS,
+    HELD_OUT_SPLITS,
     Calibration,
+    CalibrationSettings,
     calibrate,
     classification_rates,
     confusion_counts,
@@ -357,3 +359,40 @@ def test_diagnostics_of_a_calibration():
     assert {k: forces[k] for k in expected} == expected
     assert forces['tpr'] > 0.8 and forces['ppv'] > 0.8  # a well-calibrated committee
     json.dumps(result, allow_nan=False)
+
+
+def test_calibration_settings_defaults_and_round_trip():
+    default = CalibrationSettings()
+    assert default.to_dict() == {
+        'method': 'least_squares',
+        'min_points': 5,
+        'splits': [],  # every labelled frame, as a dictionary without `splits` always meant
+        'power_law': False,
+        'error': 'committee_mean',
+    }
+    assert CalibrationSettings.from_dict({}) == default
+    # runs stored without an `error` key fitted the committee mean's error: still so
+    assert CalibrationSettings.from_dict({'method': 'huber'}).error == 'committee_mean'
+    held_out = CalibrationSettings(splits=HELD_OUT_SPLITS, method='huber', power_law=True)
+    assert held_out.to_dict()['splits'] == ['validation', 'test']
+    assert CalibrationSettings.from_dict(held_out.to_dict()) == held_out
+    assert CalibrationSettings.from_dict(json.loads(json.dumps(held_out.to_dict()))) == held_out
+
+
+@pytest.mark.parametrize(
+    ('values', 'match'),
+    [
+        ({'methd': 'huber'}, r"calibration: unknown keys \['methd'\]; did you mean 'method'"),
+        ({'method': 'ransac'}, 'calibration.method:'),
+        ({'min_points': 1}, r'calibration.min_points: must be an integer >= 2'),
+        ({'min_points': 5.0}, 'calibration.min_points:'),
+        ({'min_points': True}, 'calibration.min_points:'),
+        ({'splits': 'test'}, 'calibration.splits:'),
+        ({'splits': ['holdout']}, 'calibration.splits:'),
+        ({'error': 'median'}, 'calibration.error:'),
+        ({'power_law': 'yes'}, 'calibration.power_law:'),
+    ],
+)
+def test_calibration_settings_refuse_bad_values(values, match):
+    with pytest.raises(ValueError, match=match):
+        CalibrationSettings.from_dict(values)

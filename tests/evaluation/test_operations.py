@@ -175,3 +175,58 @@ def test_selection_takes_frames_flagged_non_finite():
     # a dataset evaluated before the flag existed: no column, nothing flagged
     plain = select_for_labelling(evaluated_dataset(), calibration, settings, orm.Int(1))
     assert plain['report']['non_finite'] == [] and plain['report']['counts']['non_finite'] == 0
+
+
+#: ``select_for_labelling`` on ``evaluated_dataset(non_finite=FLAGGED)``, ``max_selected`` 10,
+#: ``min_displacement`` 0 and seed 3, by the code before the strategy registry (commit 8c7433b).
+BEFORE_REGISTRY = {
+    'random': [6, 10, 11, 20, 21, 26, 67, 86, 89, 99],
+    'disagreement': [3, 6, 17, 23, 42, 43, 51, 60, 73, 90],
+}
+
+
+@pytest.mark.parametrize(('cap_order', 'strategy'), [('random', 'paper'), ('disagreement',) * 2])
+def test_selection_strategies_select_what_the_cap_selected_before(cap_order, strategy):
+    dataset = evaluated_dataset(non_finite=FLAGGED)
+    outputs = calibrate_committee(dataset, orm.Dict({'energy': 1e-3, 'forces': 0.1}), orm.Dict({}))
+    reports = []
+    for key, value in (('cap_order', cap_order), ('strategy', strategy)):
+        settings = orm.Dict({'max_selected': 10, 'min_displacement': 0.0, key: value})
+        selection = select_for_labelling(dataset, outputs['calibration'], settings, orm.Int(3))
+        reports.append(selection['report'].get_dict())
+    assert reports[0] == reports[1]
+    assert reports[0]['selected'] == BEFORE_REGISTRY[cap_order]
+    assert reports[0]['strategy'] == strategy
+
+
+def test_selection_by_a_registered_strategy():
+    from aiida_trainspot.evaluation.selection import STRATEGIES, register_strategy
+
+    def first_n(selection):  # a toy strategy: the lowest frame indices of the pool
+        return selection.pool[: selection.budget], 'first'
+
+    register_strategy('first_n', first_n)
+    try:
+        dataset = evaluated_dataset()
+        calibration = orm.Dict(Calibration(SLOPES).to_dict())
+        settings = orm.Dict({'max_selected': 4, 'min_displacement': 0.0, 'strategy': 'first_n'})
+        outputs = select_for_labelling(dataset, calibration, settings, orm.Int(1))
+    finally:
+        STRATEGIES.pop('first_n')
+    report = outputs['report'].get_dict()
+    rejected = {int(i) for i in report['rejected']}
+    pool = [i for i in report['candidates'] if i not in rejected]
+    assert report['strategy'] == 'first_n' and report['selected'] == pool[:4]
+    assert report['selection_reasons'] == {str(i): 'first' for i in pool[:4]}
+    assert len(outputs['selected']) == 4 and report['counts']['capped'] == len(pool) - 4
+
+
+def test_selection_strategy_is_checked_at_submission():
+    from aiida_trainspot.workflows.inputs import validate_selection
+
+    assert validate_selection({'strategy': 'disagreement'}) is None
+    assert validate_selection({'cap_order': 'disagreement'}) is None
+    message = validate_selection({'strategy': 'band'})
+    assert message.startswith('selection: unknown selection strategy') and "'paper'" in message
+    assert 'cap_order' in validate_selection({'cap_order': 'random', 'strategy': 'disagreement'})
+    assert 'cap_order' in validate_selection({'cap_order': 'largest'})

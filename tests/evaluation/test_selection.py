@@ -1,4 +1,4 @@
-"""Selection: candidates, trust bound, near-duplicate thinning, seeded cap; end to end."""
+"""Selection: candidates, trust bound, near-duplicate thinning, strategies; end to end."""
 
 import json
 
@@ -18,8 +18,16 @@ from aiida_trainspot.evaluation.disagreement import (
 )
 from aiida_trainspot.evaluation.selection import (
     REJECTION_REASONS,
+    STRATEGIES,
+    SelectionInput,
     SelectionSettings,
+    StrategyChoice,
     candidate_mask,
+    disagreement_strategy,
+    excess_over_threshold,
+    get_strategy,
+    paper_strategy,
+    register_strategy,
     select_frames,
     thin_near_duplicates,
     trust_violations,
@@ -363,3 +371,226 @@ def test_non_finite_frames_rank_first_under_the_disagreement_cap():
         {'forces': forces}, {'forces': 0.1}, seed=0, non_finite=flags, settings=random_cap
     )
     assert drawn.candidates.size == 30 and drawn.selected.size == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Strategies: registry, built-ins equal to the cap before the registry, a toy strategy
+
+
+def fixed_input(n_frames=160, seed=2026):
+    """Four MD runs stored shuffled, δ with NaNs, flagged frames, distances and forces to reject."""
+    rng = np.random.default_rng(seed)
+    run_id = rng.integers(0, 4, n_frames)
+    step = rng.permutation(n_frames)
+    sizes = np.array([2, 3, 3, 4])
+    n_atoms = sizes[run_id]
+    starts = [rng.uniform(0, 6, (size, 3)) for size in sizes]
+    positions = np.concatenate(
+        [starts[r] + [0.02 * s, 0.0, 0.0] for r, s in zip(run_id, step, strict=True)]
+    ) + rng.normal(0, 0.01, (int(n_atoms.sum()), 3))
+    deltas = {
+        'energy': rng.uniform(0, 0.02, n_frames),
+        'forces': rng.uniform(0, 0.4, n_frames),
+        'stress': rng.uniform(0, 0.01, n_frames),
+    }
+    deltas['stress'][rng.random(n_frames) < 0.3] = np.nan
+    non_finite = rng.random(n_frames) < 0.05
+    deltas['forces'][non_finite & (rng.random(n_frames) < 0.5)] = np.nan
+    return {
+        'disagreement': deltas,
+        'thresholds': {'energy': 0.012, 'forces': 0.25, 'stress': 0.006},
+        'n_atoms': n_atoms,
+        'positions': positions,
+        'run_id': run_id,
+        'step': step,
+        'min_distances': rng.uniform(0.4, 2.0, n_frames),
+        'max_forces': rng.uniform(0.0, 60.0, n_frames),
+        'non_finite': non_finite,
+    }
+
+
+def select_fixed(seed, **settings):
+    data = fixed_input()
+    return select_frames(
+        data.pop('disagreement'),
+        data.pop('thresholds'),
+        seed=seed,
+        settings=SelectionSettings(**settings),
+        **data,
+    )
+
+
+#: ``select_frames`` on ``fixed_input()`` with ``max_selected=12``, computed by the code before
+#: the strategy registry (commit 8c7433b, ``cap_order``): (cap_order, seed) -> selected.
+BEFORE_REGISTRY = {
+    ('random', 0): [0, 4, 16, 32, 39, 43, 66, 88, 100, 110, 135, 152],
+    ('random', 7): [8, 38, 47, 48, 78, 82, 96, 110, 129, 135, 147, 149],
+    ('disagreement', 0): [62, 64, 75, 89, 97, 98, 107, 108, 111, 135, 151, 157],
+    ('disagreement', 7): [62, 64, 75, 89, 97, 98, 107, 108, 111, 135, 151, 157],
+}
+BEFORE_COUNTS = {'candidates': 117, 'rejected': 22, 'thinned': 33, 'capped': 50, 'non_finite': 5}
+
+
+@pytest.mark.parametrize(('cap_order', 'seed'), sorted(BEFORE_REGISTRY))
+def test_built_in_strategies_select_what_the_cap_selected_before(cap_order, seed):
+    strategy = {'random': 'paper', 'disagreement': 'disagreement'}[cap_order]
+    expected = BEFORE_REGISTRY[(cap_order, seed)]
+    by_order = select_fixed(seed, max_selected=12, cap_order=cap_order)
+    by_name = select_fixed(seed, max_selected=12, strategy=strategy)
+    for result in (by_order, by_name):
+        assert result.selected.tolist() == expected
+        assert {k: result.counts[k] for k in BEFORE_COUNTS} == BEFORE_COUNTS
+        assert result.strategy == strategy
+    uncapped = select_fixed(seed, max_selected=None, strategy=strategy)
+    assert uncapped.selected.size == 62 and uncapped.counts['capped'] == 0
+    assert set(uncapped.selection_reasons) == {'within_budget'}
+
+
+def cap_before_registry(trusted, flagged, deltas, taus, cap, cap_order, seed):
+    """The cap of ``select_frames`` before the registry, verbatim."""
+    selected = trusted
+    if cap is not None and trusted.size > int(cap):
+        if cap_order == 'disagreement':
+            excess = np.where(flagged, np.inf, excess_over_threshold(deltas, taus))[trusted]
+            selected = np.sort(trusted[np.argsort(-excess, kind='stable')[: int(cap)]])
+        else:
+            rng = np.random.default_rng(int(seed))
+            selected = np.sort(rng.choice(trusted, size=int(cap), replace=False))
+    return selected
+
+
+@FAST
+@given(SEEDS, st.integers(0, 80), st.integers(0, 40), st.sampled_from(['random', 'disagreement']))
+def test_strategies_equal_the_cap_before_the_registry(seed, n_frames, cap, cap_order):
+    rng = np.random.default_rng(seed)
+    data = random_disagreement(seed, n_frames)
+    data['energy'][rng.random(n_frames) < 0.2] = 0.01  # ties in δ/τ
+    flagged = rng.random(n_frames) < 0.1
+    max_forces = rng.uniform(0.0, 70.0, n_frames)
+    result = select_frames(
+        data,
+        TAUS,
+        seed=seed,
+        max_forces=max_forces,
+        non_finite=flagged,
+        settings=SelectionSettings(max_selected=cap, cap_order=cap_order),
+    )
+    trusted = np.setdiff1d(result.candidates, result.rejected)
+    deltas = {k: np.asarray(v) for k, v in data.items()}
+    expected = cap_before_registry(trusted, flagged, deltas, TAUS, cap, cap_order, seed)
+    assert result.selected.tolist() == expected.tolist()
+    strategy = 'paper' if cap_order == 'random' else 'disagreement'
+    by_name = select_frames(
+        data,
+        TAUS,
+        seed=seed,
+        max_forces=max_forces,
+        non_finite=flagged,
+        settings=SelectionSettings(max_selected=cap, strategy=strategy),
+    )
+    assert by_name.selected.tolist() == expected.tolist()
+    assert by_name.to_dict() == result.to_dict()
+
+
+def test_strategy_registry_lookup():
+    assert get_strategy('paper') is paper_strategy is STRATEGIES['paper']
+    assert get_strategy('disagreement') is disagreement_strategy
+    with pytest.raises(
+        ValueError, match=r"unknown selection strategy 'papr'; did you mean 'paper'"
+    ):
+        get_strategy('papr')
+    with pytest.raises(ValueError, match=r"unknown selection strategy 'band'.*known: \[.*'paper'"):
+        get_strategy('band')
+    with pytest.raises(ValueError, match='registered already'):
+        register_strategy('paper', disagreement_strategy)
+    with pytest.raises(ValueError, match='non-empty name'):
+        register_strategy('', paper_strategy)
+    with pytest.raises(TypeError, match='callable'):
+        register_strategy('nothing', None)
+    assert 'nothing' not in STRATEGIES
+
+
+def test_settings_name_the_strategy_or_the_cap_order():
+    default = SelectionSettings()
+    assert (default.strategy, default.cap_order) == ('paper', 'random')
+    assert SelectionSettings(cap_order='disagreement') == SelectionSettings(strategy='disagreement')
+    assert SelectionSettings(cap_order='random', strategy='paper') == default
+    assert SelectionSettings(strategy='disagreement').cap_order == 'disagreement'
+    for options in (SelectionSettings(cap_order='disagreement'), default):
+        assert SelectionSettings.from_dict(json.loads(json.dumps(options.to_dict()))) == options
+    with pytest.raises(ValueError, match=r"unknown selection strategy 'band'"):
+        SelectionSettings.from_dict({'strategy': 'band'})
+    with pytest.raises(ValueError, match=r"cap_order 'random' is the strategy 'paper'"):
+        SelectionSettings(cap_order='random', strategy='disagreement')
+
+
+def first_n(selection: SelectionInput) -> StrategyChoice:
+    """A toy strategy: the lowest frame indices of the pool, up to the budget."""
+    first_n.seen = selection
+    chosen = selection.pool if selection.budget is None else selection.pool[: selection.budget]
+    return StrategyChoice(chosen[::-1], 'first')  # any order; one reason for all
+
+
+@pytest.fixture
+def toy_strategy():
+    register_strategy('first_n', first_n)
+    yield 'first_n'
+    STRATEGIES.pop('first_n')
+
+
+def test_a_registered_strategy_selects(toy_strategy):
+    options = SelectionSettings(max_selected=5, strategy=toy_strategy)
+    assert options.cap_order is None
+    assert SelectionSettings.from_dict(options.to_dict()) == options
+    result = select_fixed(0, max_selected=5, strategy=toy_strategy)
+    pool = np.setdiff1d(np.setdiff1d(result.candidates, result.rejected), result.thinned)
+    assert result.selected.tolist() == pool[:5].tolist()
+    assert result.strategy == 'first_n' and result.selection_reasons == ('first',) * 5
+    report = json.loads(json.dumps(result.to_dict()))
+    assert report['strategy'] == 'first_n'
+    assert report['selection_reasons'] == {str(i): 'first' for i in pool[:5].tolist()}
+    assert result.counts['capped'] == pool.size - 5
+    # what the strategy saw: the pool and the frames, read-only
+    seen = first_n.seen
+    assert seen.pool.tolist() == pool.tolist() and seen.budget == 5 and seen.seed == 0
+    assert seen.n_frames == 160 and seen.non_finite.sum() == 5
+    assert set(seen.deltas) == {'energy', 'forces', 'stress'} and seen.thresholds['forces'] == 0.25
+    assert seen.positions.shape == (int(seen.n_atoms.sum()), 3)
+    assert seen.min_distances.shape == seen.max_forces.shape == (160,)
+    with pytest.raises(ValueError, match='read-only'):
+        seen.pool[0] = 1
+    with pytest.raises(TypeError):
+        seen.deltas['energy'] = None
+
+
+@pytest.mark.parametrize(
+    ('choice', 'message'),
+    [
+        (lambda s: s.pool, r'must return \(selected, reasons\)'),
+        (lambda s: (s.pool[:2], ('a',)), 'one non-empty reason per selected frame'),
+        (lambda s: (s.pool[:2], ('a', '')), 'one non-empty reason per selected frame'),
+        (lambda s: (s.pool[[0, 0]], 'a'), 'selected a frame twice'),
+        (lambda s: (np.setdiff1d(np.arange(160), s.pool)[:1], 'a'), 'outside the pool'),
+        (lambda s: (s.pool[:6], 'a'), 'over the budget max_selected = 5'),
+        (lambda s: (s.pool[:2] + 0.5, 'a'), 'non-integer'),
+    ],
+    ids=['no_reasons', 'reason_missing', 'reason_empty', 'twice', 'outside', 'budget', 'float'],
+)
+def test_a_strategy_breaking_the_contract_is_an_error(choice, message):
+    register_strategy('broken', choice)
+    try:
+        with pytest.raises(ValueError, match=f"selection strategy 'broken' .*{message}"):
+            select_fixed(0, max_selected=5, strategy='broken')
+    finally:
+        STRATEGIES.pop('broken')
+
+
+def test_built_in_strategies_give_their_reasons():
+    paper = select_fixed(0, max_selected=12)
+    assert paper.selection_reasons == ('random_draw',) * 12
+    ranked = select_fixed(0, max_selected=12, strategy='disagreement')
+    flagged = set(ranked.non_finite.tolist())
+    assert ranked.selection_reasons == tuple(
+        'non_finite' if i in flagged else 'largest_excess' for i in ranked.selected.tolist()
+    )
+    assert 'non_finite' in ranked.selection_reasons

@@ -4,11 +4,20 @@ import numpy as np
 import pytest
 from aiida import orm
 from aiida.engine import run_get_node
+from aiida.engine.utils import instantiate_process
+from aiida.manage import get_manager
 from ase import Atoms
 from ase.build import bulk
 
 from aiida_trainspot.data import PESData
-from aiida_trainspot.exploration.plan import choose_member, make_plan
+from aiida_trainspot.exploration.plan import (
+    DEFAULT_PROTOCOL,
+    ExplorationProtocol,
+    ase_parameters,
+    choose_member,
+    lammps_settings,
+    make_plan,
+)
 from aiida_trainspot.exploration.workchain import ExplorationWorkChain
 
 SIC_TERSOFF = '/usr/share/lammps/potentials/SiC.tersoff'
@@ -204,3 +213,100 @@ def test_ase_frames_do_not_depend_on_max_concurrent(model_fixture, ase_md_code, 
     run_ids = list(dict.fromkeys(one.frame['run_id']))
     prefix = run_ids[0].rsplit('-', 1)[0]
     assert run_ids == [f'{prefix}-{r}' for r in range(5)]  # one per run, in run order
+
+
+def test_exploration_protocol_defaults_and_round_trip():
+    default = ExplorationProtocol()
+    assert ExplorationProtocol.from_dict({}) == default
+    assert default.to_dict() == DEFAULT_PROTOCOL
+    assert DEFAULT_PROTOCOL == {
+        'temperature_range': [0.0, 1000.0],
+        'pressure_range_kbar': [-5.0, 5.0],
+        'steps': 2000,
+        'thermalisation_steps': 200,
+        'relax_steps': 100,
+        'relax_fmax': 0.1,
+        'sample_interval': 200,
+        'timestep_fs': 1.0,
+        'dispersion_d2': False,
+        'min_distance': 0.5,
+        'max_force': 50.0,
+        'max_temperature_factor': 5.0,
+    }
+    explicit = ExplorationProtocol.from_dict({'temperatures': [300, 900], 'pressures_kbar': [0]})
+    assert explicit.temperatures == (300, 900)
+    assert ExplorationProtocol.from_dict(explicit.to_dict()) == explicit
+
+
+def test_exploration_protocol_gives_the_jobs_what_they_got_before():
+    """The stage's defaults (sample_interval 200, ...) reach both engines; kbar become bar."""
+    assert ase_parameters({}, [300.0], [1.5], [7], ['r-0']) == {
+        'steps': 2000,
+        'thermalisation_steps': 200,
+        'relax_steps': 100,
+        'relax_fmax': 0.1,
+        'sample_interval': 200,
+        'timestep_fs': 1.0,
+        'dispersion_d2': False,
+        'min_distance': 0.5,
+        'max_force': 50.0,
+        'max_temperature_factor': 5.0,
+        'temperatures': [300.0],
+        'pressures': [1500.0],
+        'seeds': [7],
+        'run_ids': ['r-0'],
+    }
+    assert lammps_settings({'timestep_fs': 2}, 300.0, -1.0, 7) == {
+        'temperature': 300.0,
+        'pressure': -1000.0,
+        'relax_steps': 100,
+        'relax_fmax': 0.1,
+        'thermalisation_steps': 200,
+        'steps': 2000,
+        'sample_interval': 200,
+        'timestep_fs': 2,
+        'seed': 7,
+        'min_distance': 0.5,
+        'max_force': 50.0,
+        'max_temperature': 1500.0,
+    }
+    with pytest.raises(ValueError, match='one temperature, pressure, seed and run id per run'):
+        ase_parameters({}, [300.0, 400.0], [0.0], [1], ['a'])
+
+
+@pytest.mark.parametrize(
+    ('values', 'match'),
+    [
+        ({'temprature_range': [0, 10]}, "did you mean 'temperature_range'"),
+        ({'timestep_fs': 10.5}, r"'timestep_fs' 10.5 fs is too long .*at most 10.0 fs"),
+        ({'timestep_fs': 0}, 'timestep_fs must be positive'),
+        ({'steps': 100}, r"'sample_interval' \(200\) is larger than 'steps'"),
+        ({'temperature_range': [500, 100]}, 'temperature_range must be \\[low, high\\]'),
+        ({'pressures_kbar': []}, 'pressures_kbar must be a non-empty list'),
+        ({'temperatures': [300, 'hot']}, 'temperatures must be a non-empty list of numbers'),
+        ({'min_distance': 0.01}, "'min_distance' must be at least"),
+        ({'max_temperature_factor': 1.0}, "'max_temperature_factor' must be larger than 1.0"),
+    ],
+)
+def test_exploration_protocol_refuses(values, match):
+    with pytest.raises(ValueError, match=match):
+        ExplorationProtocol.from_dict(values)
+
+
+@pytest.mark.parametrize(
+    ('protocol', 'match'),
+    [
+        ({'timestep_fs': 20.0}, r"protocol: 'timestep_fs' 20.0 fs is too long"),
+        ({'stesp': 10}, "protocol: unknown keys \\['stesp'\\]; did you mean 'steps'"),
+    ],
+)
+def test_bad_protocol_refused_at_submission(raw_code, tersoff_file, protocol, match):
+    """The MD jobs' own checks (the 10 fs limit) refuse a protocol before anything runs."""
+    builder = ExplorationWorkChain.get_builder()
+    builder.structures = PESData.from_ase([bulk('C', 'diamond', a=3.567)])
+    builder.code = raw_code
+    builder.engine = orm.Str('lammps')
+    builder.lammps = {'pair_style': orm.Str('tersoff'), 'parameter_file': tersoff_file}
+    builder.protocol = orm.Dict(protocol)
+    with pytest.raises(ValueError, match=match):
+        instantiate_process(get_manager().get_runner(), builder)

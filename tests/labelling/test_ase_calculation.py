@@ -298,14 +298,27 @@ def test_missing_labels_file(code_factory):
     assert 'labelled' not in results
 
 
-def test_unreadable_labels_file(code_factory, tmp_path_factory):
-    script = tmp_path_factory.getbasetemp() / 'write-garbage-labels.sh'
-    script.write_text('#!/bin/sh\necho "not hdf5" > "$3"\n')
-    script.chmod(0o755)
-    code = code_factory('write-garbage-labels', str(script), 'trainspot.ase.label')
+@pytest.mark.parametrize(
+    ('script', 'exit_code', 'status', 'message'),
+    [
+        ('echo "not hdf5" > "$3"', 'ERROR_OUTPUT_UNREADABLE', 301, 'labels.h5'),
+        # the failure line of common.runner.run_main names the exit code every runner job shares
+        (
+            'echo "INPUT UNREADABLE: $1: OSError: truncated" >&2; exit 4',
+            'ERROR_INPUT_UNREADABLE',
+            303,
+            'frames.h5: OSError: truncated',
+        ),
+    ],
+)
+def test_runner_failures(code_factory, tmp_path, script, exit_code, status, message):
+    path = tmp_path / 'fake-labeller.sh'
+    path.write_text(f'#!/bin/sh\n{script}\n')
+    path.chmod(0o755)
+    code = code_factory(f'fake-labeller-{status}', str(path), 'trainspot.ase.label')
     dataset = PESData.from_ase([bulk('Cu', 'fcc', a=3.6)])
     _, node = run_get_node(
         AseLabelCalculation, code=code, dataset=dataset, calculator=orm.Dict({'name': 'emt'})
     )
-    assert node.exit_status == AseLabelCalculation.exit_codes.ERROR_OUTPUT_UNREADABLE.status == 301
-    assert 'labels.h5' in node.exit_message
+    assert node.exit_status == getattr(AseLabelCalculation.exit_codes, exit_code).status == status
+    assert message in node.exit_message

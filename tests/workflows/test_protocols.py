@@ -10,6 +10,7 @@ from ase.io import write
 
 from aiida_trainspot.data import PESData
 from aiida_trainspot.data.convert import write_labelled_extxyz
+from aiida_trainspot.evaluation.calibration import HELD_OUT_SPLITS, CalibrationSettings
 from aiida_trainspot.evaluation.disagreement import DEFAULT_ERROR_KIND
 from aiida_trainspot.workflows.trainspot import TrainsPotWorkChain
 
@@ -218,3 +219,36 @@ def test_calibration_port_defaults_to_the_committee_mean_error():
     default = TrainsPotWorkChain.spec().inputs['calibration'].default().get_dict()
     assert default['error'] == DEFAULT_ERROR_KIND == 'committee_mean'
     assert default['splits'] == ['validation', 'test']
+
+
+def test_calibration_defaults_have_one_source():
+    """The port default, the protocols' defaults and the calibration step agree."""
+    default = TrainsPotWorkChain.spec().inputs['calibration'].default().get_dict()
+    assert default == CalibrationSettings(splits=HELD_OUT_SPLITS).to_dict()
+    for name in ('fast', 'moderate', 'precise'):
+        values = TrainsPotWorkChain.get_protocol_inputs(name)['calibration']
+        settings = CalibrationSettings.from_dict(values)
+        method = 'huber' if name == 'precise' else 'least_squares'
+        assert settings == CalibrationSettings(splits=HELD_OUT_SPLITS, method=method)
+
+
+@pytest.mark.parametrize(
+    ('overrides', 'match'),
+    [
+        ({'calibration': {'min_points': 1}}, 'calibration.min_points: must be an integer >= 2'),
+        ({'exploration': {'protocol': {'timestep_fs': 20.0}}}, r"protocol: 'timestep_fs' 20.0 fs"),
+        ({'exploration': {'protocol': {'steps': 10}}}, "protocol: 'sample_interval' \\(20\\)"),
+    ],
+)
+def test_settings_refused_at_submission(loop_codes, tersoff_file, overrides, match):
+    """What the calibration step or the MD jobs would refuse is refused at submission."""
+    builder = TrainsPotWorkChain.get_builder_from_protocol(
+        loop_codes,
+        carbon_structures(),
+        protocol='fast',
+        overrides=overrides,
+        ase_calculator={'name': 'tersoff'},
+        ase_parameter_file=tersoff_file,
+    )
+    with pytest.raises(ValueError, match=match):
+        instantiate_process(get_manager().get_runner(), builder)
