@@ -397,7 +397,7 @@ class AbInitioLabellingWorkChain(WorkChain):
         return throttle.has_work(self.ctx)
 
     def submit_and_wait(self):
-        """Keep at most ``max_concurrent`` pw.x runs in flight (see :mod:`..workflows.throttle`)."""
+        """Keep at most ``max_concurrent`` pw.x runs in flight (see :mod:`..common.throttle`)."""
         limit = self.inputs.max_concurrent.value
         return throttle.submit_and_wait(
             self.ctx, limit, lambda key: self.submit(self._pw_builder(int(key)))

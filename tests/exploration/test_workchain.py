@@ -215,6 +215,21 @@ def test_ase_frames_do_not_depend_on_max_concurrent(model_fixture, ase_md_code, 
     assert run_ids == [f'{prefix}-{r}' for r in range(5)]  # one per run, in run order
 
 
+#: The stage's defaults of one MD run, as they were before ExplorationProtocol (pinned).
+RUN_DEFAULTS = {
+    'steps': 2000,
+    'thermalisation_steps': 200,
+    'relax_steps': 100,
+    'relax_fmax': 0.1,
+    'sample_interval': 200,
+    'timestep_fs': 1.0,
+    'dispersion_d2': False,
+    'min_distance': 0.5,
+    'max_force': 50.0,
+    'max_temperature_factor': 5.0,
+}
+
+
 def test_exploration_protocol_defaults_and_round_trip():
     default = ExplorationProtocol()
     assert ExplorationProtocol.from_dict({}) == default
@@ -222,16 +237,7 @@ def test_exploration_protocol_defaults_and_round_trip():
     assert DEFAULT_PROTOCOL == {
         'temperature_range': [0.0, 1000.0],
         'pressure_range_kbar': [-5.0, 5.0],
-        'steps': 2000,
-        'thermalisation_steps': 200,
-        'relax_steps': 100,
-        'relax_fmax': 0.1,
-        'sample_interval': 200,
-        'timestep_fs': 1.0,
-        'dispersion_d2': False,
-        'min_distance': 0.5,
-        'max_force': 50.0,
-        'max_temperature_factor': 5.0,
+        **RUN_DEFAULTS,
     }
     explicit = ExplorationProtocol.from_dict({'temperatures': [300, 900], 'pressures_kbar': [0]})
     assert explicit.temperatures == (300, 900)
@@ -241,16 +247,7 @@ def test_exploration_protocol_defaults_and_round_trip():
 def test_exploration_protocol_gives_the_jobs_what_they_got_before():
     """The stage's defaults (sample_interval 200, ...) reach both engines; kbar become bar."""
     assert ase_parameters({}, [300.0], [1.5], [7], ['r-0']) == {
-        'steps': 2000,
-        'thermalisation_steps': 200,
-        'relax_steps': 100,
-        'relax_fmax': 0.1,
-        'sample_interval': 200,
-        'timestep_fs': 1.0,
-        'dispersion_d2': False,
-        'min_distance': 0.5,
-        'max_force': 50.0,
-        'max_temperature_factor': 5.0,
+        **RUN_DEFAULTS,
         'temperatures': [300.0],
         'pressures': [1500.0],
         'seeds': [7],

@@ -57,6 +57,18 @@ def test_overrides_merge(loop_codes, tersoff_file):
     assert protocol['steps'] == 10 and protocol['sample_interval'] == 20
 
 
+def fast_tersoff_builder(codes, tersoff_file, overrides):
+    """The `fast` protocol's builder for the carbon structures, labelled by Tersoff."""
+    return TrainsPotWorkChain.get_builder_from_protocol(
+        codes,
+        carbon_structures(),
+        protocol='fast',
+        overrides=overrides,
+        ase_calculator={'name': 'tersoff'},
+        ase_parameter_file=tersoff_file,
+    )
+
+
 @pytest.mark.parametrize(
     ('overrides', 'message'),
     [
@@ -74,14 +86,7 @@ def test_overrides_merge(loop_codes, tersoff_file):
 def test_unknown_override_keys_are_errors(loop_codes, tersoff_file, overrides, message):
     """A typo in the overrides must not leave the protocol's value in place unnoticed."""
     with pytest.raises(ValueError) as caught:
-        TrainsPotWorkChain.get_builder_from_protocol(
-            loop_codes,
-            carbon_structures(),
-            protocol='fast',
-            overrides=overrides,
-            ase_calculator={'name': 'tersoff'},
-            ase_parameter_file=tersoff_file,
-        )
+        fast_tersoff_builder(loop_codes, tersoff_file, overrides)
     assert message in str(caught.value)
     assert str(caught.value).startswith('overrides: ')
 
@@ -242,13 +247,6 @@ def test_calibration_defaults_have_one_source():
 )
 def test_settings_refused_at_submission(loop_codes, tersoff_file, overrides, match):
     """What the calibration step or the MD jobs would refuse is refused at submission."""
-    builder = TrainsPotWorkChain.get_builder_from_protocol(
-        loop_codes,
-        carbon_structures(),
-        protocol='fast',
-        overrides=overrides,
-        ase_calculator={'name': 'tersoff'},
-        ase_parameter_file=tersoff_file,
-    )
+    builder = fast_tersoff_builder(loop_codes, tersoff_file, overrides)
     with pytest.raises(ValueError, match=match):
         instantiate_process(get_manager().get_runner(), builder)
