@@ -42,6 +42,10 @@ def partition_by_labels(dataset: PESData) -> dict[str, PESData]:
 @calcfunction
 def join_datasets(**parts: PESData) -> PESData:
     """Frames of ``part_0``, ``part_1``, ... in that order (empty parts allowed)."""
+    return _concatenate_parts(parts)
+
+
+def _concatenate_parts(parts: dict[str, PESData]) -> PESData:
     ordered = [parts[k] for k in sorted(parts, key=lambda k: int(k.rsplit('_', 1)[1]))]
     return PESData.concatenate(ordered)
 
@@ -53,8 +57,7 @@ def frames_to_retry(**failed: PESData) -> PESData:
     The failure columns are dropped: the frames go back to labelling as they were first sent,
     and a frame that fails again gets its new reason.
     """
-    ordered = [failed[k] for k in sorted(failed, key=lambda k: int(k.rsplit('_', 1)[1]))]
-    return PESData.concatenate(ordered).without_columns(FAILURE_COLUMNS)
+    return _concatenate_parts(failed).without_columns(FAILURE_COLUMNS)
 
 
 @calcfunction

@@ -371,8 +371,9 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         if point.stage == 'done' or 'calibration' in current:
             self.ctx.calibration = current.get('calibration', source.get('calibration'))
         self.ctx.resumed = True
-        self.ctx.retried_in = {n for n, it in iterations.items() if 'retry_summary' in it}
         if self.inputs.retry_failed_labels.value and point.stage != 'done':
+            # an iteration that already has a retry's checkpoints defers a new one to the next
+            self.ctx.retried_in = {n for n, it in iterations.items() if 'retry_summary' in it}
             failed = outstanding_failures(iterations, point.iteration)
             self.ctx.to_retry = failed or None
         self.report(
@@ -564,7 +565,6 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             return self._fail(
                 self.exit_codes.ERROR_LABELLING_FAILED.format(detail=_failure_detail(node))
             )
-        self.ctx.retried_in = {*self.ctx.get('retried_in', set()), self.ctx.iteration}
         self._checkpoint(
             retried=self.ctx.retried,
             retry_dataset=self.ctx.dataset,
