@@ -18,8 +18,8 @@ from aiida.engine import run_get_node
 from ase.build import bulk
 
 from aiida_trainspot.data import PESData
-from aiida_trainspot.labelling.ase_calculation import AseLabelCalculation
-from aiida_trainspot.labelling.pseudos import create_pseudo_family
+from aiida_trainspot.labelling.ase.calculation import AseLabelCalculation
+from aiida_trainspot.labelling.qe.pseudos import create_pseudo_family
 from aiida_trainspot.labelling.workchain import AbInitioLabellingWorkChain
 
 pytestmark = pytest.mark.slow
@@ -215,6 +215,6 @@ def test_scancel_ends_in_named_exit_codes(slurm_ase_code):
     assert calculation.is_failed and calculation.exit_status != 0
     assert _exit_code_name(AseLabelCalculation, calculation) == 'ERROR_OUTPUT_MISSING'
     # the work chain: its own named code for a failed labelling job, and no outputs
-    assert _exit_code_name(AbInitioLabellingWorkChain, node) == 'ERROR_ASE_JOB_FAILED'
+    assert _exit_code_name(AbInitioLabellingWorkChain, node) == 'ERROR_ENGINE_FAILED'
     assert 'labels.h5' in node.exit_message
     assert not results

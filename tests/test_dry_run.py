@@ -22,7 +22,7 @@ from aiida_trainspot.cli.dry_run import validate_builder
 from aiida_trainspot.data import PESData
 from aiida_trainspot.data.convert import write_labelled_extxyz
 from aiida_trainspot.exploration.plan import DEFAULT_PROTOCOL
-from aiida_trainspot.labelling.pseudos import create_pseudo_family
+from aiida_trainspot.labelling.qe.pseudos import create_pseudo_family
 from aiida_trainspot.workflows.inputs import campaign_species
 
 EXAMPLES = Path(__file__).resolve().parents[1] / 'examples'

@@ -144,7 +144,7 @@ def _codes(inputs: Mapping[str, Any]) -> list[str]:
 
 def campaign_dft(inputs: Mapping[str, Any]) -> dict[str, Any] | None:
     """The DFT settings every frame gets (``labelling.qe.dft_settings`` if given), or None."""
-    from aiida_trainspot.labelling.qe_settings import campaign_dft_settings, settings_arguments
+    from aiida_trainspot.labelling.qe.settings import campaign_dft_settings, settings_arguments
     from aiida_trainspot.workflows.inputs import campaign_species
 
     labelling = inputs.get('labelling') or {}
@@ -158,7 +158,7 @@ def campaign_dft(inputs: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _labelling(inputs: Mapping[str, Any]) -> list[str]:
-    from aiida_trainspot.labelling import dft
+    from aiida_trainspot.labelling.qe import dft
 
     labelling = inputs.get('labelling') or {}
     settings = campaign_dft(inputs)

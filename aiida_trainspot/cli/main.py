@@ -59,7 +59,7 @@ def pseudos_create(
         from aiida import load_profile
 
         load_profile()
-        from aiida_trainspot.labelling.pseudos import create_pseudo_family
+        from aiida_trainspot.labelling.qe.pseudos import create_pseudo_family
 
         family = create_pseudo_family(
             label, elements, parsed_cutoffs, folder, _pairs(files, '--file')

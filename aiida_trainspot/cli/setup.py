@@ -435,7 +435,7 @@ def ensure_pseudo_family(label: str, elements: tuple[str, ...], folder: str) -> 
     from aiida import orm
     from aiida_pseudo.groups.family import CutoffsPseudoPotentialFamily
 
-    from aiida_trainspot.labelling.pseudos import create_pseudo_family
+    from aiida_trainspot.labelling.qe.pseudos import create_pseudo_family
 
     existed = (
         orm.QueryBuilder()

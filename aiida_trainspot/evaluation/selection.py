@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from aiida_trainspot.common.engines import SELECTION_STRATEGIES, registered
 from aiida_trainspot.common.settings import nearest_key
 
 from .disagreement import check_n_atoms, frame_offsets, property_arrays
@@ -489,10 +490,18 @@ def register_strategy(
 
 
 def get_strategy(name: str) -> SelectionStrategy:
-    """The strategy registered as ``name``; ValueError naming the known ones otherwise."""
+    """The strategy registered as ``name``; ValueError naming the known ones otherwise.
+
+    Besides :func:`register_strategy` (for the running Python only), a package registers a
+    strategy under the entry point group ``trainspot.selection.strategies``: selection runs in
+    the daemon's workers, which see installed entry points but not a notebook's registrations.
+    """
     if isinstance(name, str) and name in STRATEGIES:
         return STRATEGIES[name]
-    known = sorted(STRATEGIES)
+    plugins = registered(SELECTION_STRATEGIES)
+    if isinstance(name, str) and name in plugins:
+        return plugins[name]
+    known = sorted(set(STRATEGIES) | set(plugins))
     match = nearest_key(name, known) if isinstance(name, str) else None
     hint = f'did you mean {match!r}? ' if match is not None else ''
     raise ValueError(f'unknown selection strategy {name!r}; {hint}known: {known}')

@@ -1,6 +1,6 @@
 """The ``ase`` exploration engine's pure core: MD protocol, ensembles, abort rules, D2, run loop.
 
-No AiiDA here: the CalcJob (:mod:`.ase_calculation`) validates the protocol with
+No AiiDA here: the CalcJob (:mod:`.ase.calculation`) validates the protocol with
 :meth:`MdProtocol.from_dict` and the starting frames with :func:`cell_problem`; the executable
 (:mod:`aiida_trainspot.runners.ase_md`) loads the model and calls :func:`explore`.
 
@@ -19,7 +19,7 @@ Relaxation (:func:`relax`)
     largest force on an atom is below ``relax_fmax`` (eV/Å). It takes the excess potential
     energy out of a cold or heavily rattled start, which the MD would otherwise turn into heat
     far beyond the target. The ``lammps`` engine does the same (``min_style fire``,
-    :mod:`.lammps_input`). ``relax_steps`` 0 (the default of a job; the exploration stage sets
+    :mod:`.lammps.input`). ``relax_steps`` 0 (the default of a job; the exploration stage sets
     it) skips it.
 
 Ensembles and integrators (:func:`ensemble_of`, :func:`make_integrator`)

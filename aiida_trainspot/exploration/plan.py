@@ -104,7 +104,7 @@ class ExplorationProtocol:
     def lammps_settings(
         self, temperature: float, pressure_kbar: float, seed: int
     ) -> dict[str, Any]:
-        """Settings of one LAMMPS run (:func:`.lammps_input.md_script`): the same protocol."""
+        """Settings of one LAMMPS run (:func:`.lammps.input.md_script`): the same protocol."""
         return {
             'temperature': temperature,
             'pressure': BAR_PER_KBAR * pressure_kbar,

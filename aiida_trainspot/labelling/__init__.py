@@ -1,14 +1,13 @@
-"""Labelling engines: compute energies, forces and stresses of the frames of a dataset.
+"""Labelling: energies, forces and stresses of the frames of a dataset.
 
-Each engine is a CalcJob (or a workflow of them) that takes a
-:class:`~aiida_trainspot.data.PESData` and returns the frames it labelled and the
-frames that failed, with the reason. Engines:
+The stage (:mod:`.workchain`) hands the dataset to an engine found by entry point
+(``trainspot.labelling.engines``, contract in :mod:`.engine`) and returns the frames it
+labelled and the frames that failed, with the reason. Shipped engines, one sub-package each:
 
-- ``ase`` (:mod:`.ase_calculation`, entry point ``trainspot.ase.label``): labels a
-  whole dataset in one job with an ASE calculator (EMT, Lennard-Jones, Tersoff or
-  any importable ``module:Class``); the cheap oracle of the tests and benchmarks
-  and the engine of semi-empirical users. Its pure core is :mod:`.ase_engine` and
-  its executable ``trainspot-ase-label`` (:mod:`aiida_trainspot.runners.ase_label`).
+- ``qe`` (:mod:`.qe`): pw.x through aiida-quantumespresso's ``PwBaseWorkChain``, one per frame,
+  one set of DFT settings per campaign;
+- ``ase`` (:mod:`.ase`): a whole dataset in one job with an ASE calculator (EMT, Lennard-Jones,
+  Tersoff or any importable ``module:Class``); the cheap oracle of the tests and benchmarks.
 
 Importing this package imports no AiiDA.
 """

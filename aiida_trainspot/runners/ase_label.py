@@ -3,7 +3,7 @@
 The executable of the ``ase`` labelling engine (``trainspot.ase.label``). Reads the
 frames (a shard file, see :mod:`aiida_trainspot.data.store`) and the calculator spec
 (JSON: ``{"name": ..., "kwargs": {...}, "parameter_file": RELATIVE PATH or null}``),
-labels every frame (:func:`aiida_trainspot.labelling.ase_engine.label_columns`) and
+labels every frame (:func:`aiida_trainspot.labelling.ase.core.label_columns`) and
 writes the labels as a shard: ``energy``, ``forces``, ``stress`` with their presence
 masks and ``error`` ('' where labelled). Paths are taken relative to the working
 directory.
@@ -32,7 +32,7 @@ from aiida_trainspot.common.runner import (
     write_atomically,
 )
 from aiida_trainspot.data.store import read_shard, write_shard
-from aiida_trainspot.labelling.ase_engine import (
+from aiida_trainspot.labelling.ase.core import (
     EXIT_SETUP_FAILED,
     SETUP_FAILED,
     failure_reason,

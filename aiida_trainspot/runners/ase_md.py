@@ -1,7 +1,7 @@
 """``trainspot-ase-md CONFIG``: molecular dynamics with a trained potential from starting frames.
 
 The executable of the ``ase`` exploration engine
-(:class:`~aiida_trainspot.exploration.ase_calculation.AseMdCalculation`, ``trainspot.ase.md``).
+(:class:`~aiida_trainspot.exploration.ase.calculation.AseMdCalculation`, ``trainspot.ase.md``).
 ``CONFIG`` is a JSON file whose paths are all relative to the working directory::
 
     {

@@ -9,6 +9,12 @@ from typing import Any
 from aiida import orm
 from ase.data import chemical_symbols
 
+from aiida_trainspot.common.engines import (
+    EXPLORATION_ENGINES,
+    LABELLING_ENGINES,
+    engine_class,
+    engine_names,
+)
 from aiida_trainspot.common.settings import unknown_keys
 from aiida_trainspot.evaluation.calibration import PROPERTIES, CalibrationSettings
 from aiida_trainspot.evaluation.selection import SelectionSettings
@@ -161,7 +167,7 @@ def _validate_qe(inputs: Mapping[str, Any]) -> str | None:
 
     The protocol name is checked by the exposed port's own validator, before this runs.
     """
-    from aiida_trainspot.labelling.qe_settings import missing_pseudos
+    from aiida_trainspot.labelling.qe.settings import missing_pseudos
 
     labelling = inputs.get('labelling') or {}
     engine = labelling.get('engine')
@@ -190,9 +196,38 @@ def validate_inputs(inputs: dict[str, Any], ctx: Any = None) -> str | None:
         if name in inputs and inputs[name].value < 1:
             return f'{name}: must be at least 1, got {inputs[name].value}'
     labelling = inputs.get('labelling') or {}
-    if 'engine' not in labelling and 'qe' not in labelling and 'ase' not in labelling:
+    engines = engine_names(LABELLING_ENGINES)
+    if 'engine' not in labelling and not any(name in labelling for name in engines):
         return (
             'labelling: the loop labels the frames it selects; give labelling.qe (code, '
             'pseudo_family) or labelling.engine = ase with labelling.ase (code, calculator)'
         )
-    return _validate_qe(inputs)
+    return _validate_engines(inputs) or _validate_qe(inputs)
+
+
+def _validate_engines(inputs: Mapping[str, Any]) -> str | None:
+    """Each stage's engine gets its own check at submission, not when the stage starts.
+
+    The stages' namespace validators do not travel with ``expose_inputs``; the frames and the
+    committee are the campaign's own (so an exploration engine has a model), and the checks
+    that need them run in the stages.
+    """
+    from aiida_trainspot.exploration import workchain as exploration
+    from aiida_trainspot.labelling import workchain as labelling
+
+    stages = (
+        ('labelling', LABELLING_ENGINES, labelling.DEFAULT_ENGINE),
+        ('exploration', EXPLORATION_ENGINES, exploration.DEFAULT_ENGINE),
+    )
+    for stage, group, default in stages:
+        namespace = inputs.get(stage) or {}
+        name = namespace['engine'].value if 'engine' in namespace else default
+        try:
+            engine = engine_class(group, name)
+        except ValueError as exception:
+            return f'{stage}.engine: {exception}'
+        extra = (True,) if stage == 'exploration' else ()
+        message = engine.validate(namespace.get(name) or {}, namespace, *extra)
+        if message:
+            return f'{stage}.{message}'
+    return None

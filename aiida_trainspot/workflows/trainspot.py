@@ -29,7 +29,7 @@ from aiida_trainspot.evaluation.calculation import EvaluationCalculation
 from aiida_trainspot.evaluation.calibration import HELD_OUT_SPLITS, CalibrationSettings
 from aiida_trainspot.evaluation.operations import calibrate_committee, select_for_labelling
 from aiida_trainspot.exploration.workchain import ExplorationWorkChain
-from aiida_trainspot.labelling.qe_settings import decide_dft_settings, settings_arguments
+from aiida_trainspot.labelling.qe.settings import decide_dft_settings, settings_arguments
 from aiida_trainspot.labelling.workchain import AbInitioLabellingWorkChain
 from aiida_trainspot.training.model import PotentialModel
 from aiida_trainspot.training.workchain import TrainingWorkChain

@@ -11,8 +11,8 @@ from ase import Atoms
 from ase.build import bulk, graphene
 
 from aiida_trainspot.data import PESData
-from aiida_trainspot.exploration.ase_calculation import AseMdCalculation
-from aiida_trainspot.exploration.ase_parser import AseMdParser
+from aiida_trainspot.exploration.ase.calculation import AseMdCalculation
+from aiida_trainspot.exploration.ase.parser import AseMdParser
 from aiida_trainspot.exploration.md import METADATA_COLUMNS, MdProtocol, explore
 from aiida_trainspot.training.model import PotentialModel
 

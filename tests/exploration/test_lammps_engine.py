@@ -20,8 +20,8 @@ from ase.calculators.tersoff import Tersoff
 from ase.neighborlist import neighbor_list
 
 from aiida_trainspot.data import PESData
-from aiida_trainspot.exploration import lammps_engine as le
-from aiida_trainspot.exploration import lammps_input as li
+from aiida_trainspot.exploration.lammps import engine as le
+from aiida_trainspot.exploration.lammps import input as li
 from aiida_trainspot.training.model import PotentialModel
 
 POTENTIALS = '/usr/share/lammps/potentials'

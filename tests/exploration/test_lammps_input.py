@@ -11,8 +11,8 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, diamond111, molecule
 
-from aiida_trainspot.exploration import lammps_input as li
 from aiida_trainspot.exploration import md
+from aiida_trainspot.exploration.lammps import input as li
 
 TERSOFF = {'kind': 'classical', 'pair_style': 'tersoff', 'file': 'SiC.tersoff'}
 MD = {'temperature': 300.0, 'steps': 100, 'seed': 7}

@@ -16,8 +16,8 @@ from ase.calculators.tersoff import Tersoff
 from ase.cluster import Octahedron
 
 from aiida_trainspot.data import PESData
-from aiida_trainspot.labelling.ase_calculation import AseLabelCalculation
-from aiida_trainspot.labelling.ase_parser import AseLabelParser
+from aiida_trainspot.labelling.ase.calculation import AseLabelCalculation
+from aiida_trainspot.labelling.ase.parser import AseLabelParser
 
 SIC_TERSOFF = '/usr/share/lammps/potentials/SiC.tersoff'
 EXECUTABLE = 'trainspot-ase-label'

@@ -18,7 +18,7 @@ from ase.cluster import Octahedron
 
 from aiida_trainspot.data.convert import columns_from_atoms
 from aiida_trainspot.data.store import read_shard, write_shard
-from aiida_trainspot.labelling.ase_engine import (
+from aiida_trainspot.labelling.ase.core import (
     ERROR_COLUMN,
     EXIT_SETUP_FAILED,
     SETUP_FAILED,

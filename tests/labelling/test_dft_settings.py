@@ -8,10 +8,11 @@ from ase import Atoms
 from ase.build import bulk, graphene
 
 from aiida_trainspot.data import PESData
-from aiida_trainspot.labelling import dft
-from aiida_trainspot.labelling.pseudos import create_pseudo_family
-from aiida_trainspot.labelling.qe_settings import campaign_dft_settings, check_settings
-from aiida_trainspot.labelling.workchain import AbInitioLabellingWorkChain, pad_frames
+from aiida_trainspot.labelling.qe import dft
+from aiida_trainspot.labelling.qe.engine import pad_frames
+from aiida_trainspot.labelling.qe.pseudos import create_pseudo_family
+from aiida_trainspot.labelling.qe.settings import campaign_dft_settings, check_settings
+from aiida_trainspot.labelling.workchain import AbInitioLabellingWorkChain
 
 #: Different cutoffs per element on purpose (Ry): a per-frame choice would differ between frames.
 SIC_CUTOFFS = {'Si': (20.0, 80.0), 'C': (25.0, 200.0)}

@@ -7,7 +7,7 @@ from aiida.engine import run_get_node
 from ase.build import graphene
 
 from aiida_trainspot.data import PESData
-from aiida_trainspot.labelling.pseudos import create_pseudo_family
+from aiida_trainspot.labelling.qe.pseudos import create_pseudo_family
 from aiida_trainspot.labelling.workchain import AbInitioLabellingWorkChain
 
 FAMILY = 'trainspot-test-C'

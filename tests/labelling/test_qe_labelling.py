@@ -13,7 +13,7 @@ from ase.build import bulk, graphene
 from qe_tools import CONSTANTS
 
 from aiida_trainspot.data import PESData
-from aiida_trainspot.labelling.pseudos import create_pseudo_family
+from aiida_trainspot.labelling.qe.pseudos import create_pseudo_family
 from aiida_trainspot.labelling.workchain import AbInitioLabellingWorkChain
 
 FAMILY = 'trainspot-test-C'

@@ -10,7 +10,7 @@ from aiida.engine.processes.control import kill_processes
 from ase.build import bulk
 
 from aiida_trainspot.data import PESData
-from aiida_trainspot.labelling.pseudos import create_pseudo_family
+from aiida_trainspot.labelling.qe.pseudos import create_pseudo_family
 from aiida_trainspot.workflows.trainspot import TrainsPotWorkChain
 
 EXAMPLES = Path(__file__).resolve().parents[2] / 'examples'

@@ -1,6 +1,6 @@
 """The ``lammps`` exploration engine's pure core: LAMMPS inputs for an MD run, and its outputs back.
 
-No AiiDA here (:mod:`.lammps_engine` is the glue to aiida-lammps' ``lammps.raw``). Three pieces:
+No AiiDA here (:mod:`.engine` is the glue to aiida-lammps' ``lammps.raw``). Three pieces:
 
 **One atom-type mapping.** :func:`lammps_species` orders the species of a run by atomic number;
 type ``k`` (1-based) is ``species[k - 1]`` in the data file (``Masses``, ``Atoms``), in every
@@ -61,7 +61,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
-from .md import RELAX_MAX_STEP
+from ..md import RELAX_MAX_STEP
 
 #: Files of the job folder.
 DATA_FILE = 'structure.data'

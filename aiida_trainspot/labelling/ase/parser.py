@@ -2,7 +2,7 @@
 
 Outputs ``labelled`` (the input frames that were labelled, with their labels, every
 input column kept), ``failed`` (the frames that failed, with ``failure_reason`` and
-``exit_status``) and ``summary``; see :class:`.ase_calculation.AseLabelCalculation`.
+``exit_status``) and ``summary``; see :class:`.calculation.AseLabelCalculation`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ from aiida_trainspot.data.columns import Columns
 from aiida_trainspot.data.pesdata import PESData
 from aiida_trainspot.data.store import read_shard
 
-from .ase_engine import ERROR_COLUMN, LABELS_FILE, SETUP_FAILED
+from ..engine import failed_frames, labelling_summary
+from .core import ERROR_COLUMN, LABELS_FILE, SETUP_FAILED
 
 __all__ = ('AseLabelParser',)
 
-FAILURE_REASON = 'failure_reason'
-EXIT_STATUS = 'exit_status'
-
 
 class AseLabelParser(RunnerParser):
-    """Parse ``labels.h5`` of an :class:`~.ase_calculation.AseLabelCalculation`."""
+    """Parse ``labels.h5`` of an :class:`~.calculation.AseLabelCalculation`."""
 
     FAILURES = {SETUP_FAILED: 'ERROR_CALCULATOR_SETUP', INPUT_FAILED: 'ERROR_INPUT_UNREADABLE'}
 
@@ -59,30 +57,11 @@ class AseLabelParser(RunnerParser):
             self.out('labelled', _labelled(dataset, labels, ok))
         else:
             self.out('labelled', dataset.subset(ok))
-        failed = dataset.subset(bad)
-        if bad.size:
-            failed = dataset.with_columns(
-                bad,
-                {
-                    FAILURE_REASON: errors[bad],
-                    EXIT_STATUS: np.full(bad.size, status, dtype=np.int64),
-                },
-                validate=False,
-            ).subset(bad)
-        self.out('failed', failed)
+        failures = {int(i): (status, str(errors[i])) for i in bad}
+        self.out('failed', failed_frames(dataset, failures))
+        n_stress = int((labels.mask('stress') & ~failed_mask).sum())
         self.out(
-            'summary',
-            orm.Dict(
-                {
-                    'n_frames': int(labels.n_frames),
-                    'n_labelled': int(ok.size),
-                    'n_failed': int(bad.size),
-                    'n_stress': int((labels.mask('stress') & ~failed_mask).sum()),
-                    'labelled_indices': ok.tolist(),
-                    'failed_indices': bad.tolist(),
-                    'failure_reasons': {str(i): str(errors[i]) for i in bad},
-                }
-            ),
+            'summary', orm.Dict(labelling_summary(labels.n_frames, ok.tolist(), failures, n_stress))
         )
         return exit_code
 

@@ -1,13 +1,13 @@
 """The ``lammps`` exploration engine on upstream aiida-lammps (``lammps.raw``): inputs, frames back.
 
 One MD run per starting frame is one :class:`~aiida_lammps.calculations.raw.LammpsRawCalculation`
-(entry point ``lammps.raw``): its ``script`` is :func:`.lammps_input.md_script`'s, its ``files``
+(entry point ``lammps.raw``): its ``script`` is :func:`.input.md_script`'s, its ``files``
 the data file (``structure.data``) and the potential's files, and ``settings`` asks for the dump
 (``trajectory.dump``) and the samples (``samples.dat``) besides LAMMPS' output (``lammps.out``).
 Everything in the job folder is relative, so a run goes unchanged to a remote computer.
 
 - :func:`classical_potential` / :func:`model_potential`: a :class:`LammpsPotential` (pair-style
-  spec of :mod:`.lammps_input` + the files it needs as ``SinglefileData``), from a LAMMPS
+  spec of :mod:`.input` + the files it needs as ``SinglefileData``), from a LAMMPS
   parameter file or from a :class:`~aiida_trainspot.training.model.PotentialModel` (its own
   LAMMPS export, stored by the training).
 - :func:`export_lammps_model` (calcfunction): the LAMMPS file of a MACE model that has none
@@ -32,12 +32,14 @@ from typing import Any
 
 from aiida import orm
 from aiida.engine import calcfunction
+from aiida.plugins import CalculationFactory
 from ase import Atoms
 
 from aiida_trainspot.data.paths import path_inside, plain_filename, relative_inside
 from aiida_trainspot.data.pesdata import PESData
 
-from .lammps_input import (
+from ..engine import Collected, ExplorationEngine, job_failure
+from .input import (
     DATA_FILE,
     DUMP_FILE,
     SAMPLES_FILE,
@@ -51,6 +53,7 @@ from .lammps_input import (
 __all__ = (
     'ENGINE',
     'RAW_PLUGIN',
+    'LammpsEngine',
     'LammpsPotential',
     'classical_potential',
     'collect_frames',
@@ -77,7 +80,7 @@ DEFAULT_OPTIONS = {
 
 @dataclass
 class LammpsPotential:
-    """A pair-style spec of :mod:`.lammps_input` and the files the job folder needs for it.
+    """A pair-style spec of :mod:`.input` and the files the job folder needs for it.
 
     ``files`` maps a file name in the job folder to its node; ``prepend_text`` holds shell
     lines that move files into sub-folders (``lammps.raw`` writes its files flat: metatomic's
@@ -266,7 +269,7 @@ def md_inputs(
 ) -> tuple[dict[str, Any], orm.Dict]:
     """Inputs of one ``lammps.raw`` MD run from ``atoms``, and its ``conversion`` ``Dict``.
 
-    ``md``: :func:`.lammps_input.md_script`'s settings (``temperature`` K, ``steps``, ``seed``
+    ``md``: :func:`.input.md_script`'s settings (``temperature`` K, ``steps``, ``seed``
     required; ``ensemble``, ``pressure`` bar, ``barostat``, ``timestep_fs``,
     ``sample_interval``, ``thermalisation_steps``, ``relax_steps``, ``relax_fmax`` eV/Å,
     ``tdamp_fs``, ``pdamp_fs``, and the production's abort rules ``max_temperature`` K,
@@ -331,7 +334,7 @@ def lammps_trajectory_frames(**runs: orm.Data) -> dict[str, orm.Data]:
     """The frames of finished LAMMPS runs: ``retrieved_<k>`` + ``conversion_<k>`` per run.
 
     Returns ``frames`` (a PESData of every run's frames, runs in natural order of ``k``, frames
-    by step; metadata of :func:`.lammps_input.trajectory_records`) and ``summary`` (``{'runs':
+    by step; metadata of :func:`.input.trajectory_records`) and ``summary`` (``{'runs':
     [per-run summary], 'n_frames': total}``). Raises if a dump does not hold the structure's
     elements atom by atom.
     """
@@ -371,3 +374,104 @@ def collect_frames(
         kwargs[f'retrieved_{index}'] = calculation.outputs.retrieved
         kwargs[f'conversion_{index}'] = conversion
     return lammps_trajectory_frames(**kwargs)
+
+
+class LammpsEngine(ExplorationEngine):
+    """One ``lammps.raw`` job per run: a classical potential, or the member's LAMMPS export."""
+
+    @classmethod
+    def define(cls, spec: Any, namespace: str) -> None:
+        """``lammps.pair_style`` and ``lammps.parameter_file``: the potential without a model."""
+        spec.input_namespace(
+            namespace,
+            required=False,
+            help='Classical potential of the lammps engine (without a model). A model runs as '
+            'its own LAMMPS export, stored with it by the training.',
+        )
+        spec.input(
+            f'{namespace}.pair_style', valid_type=orm.Str, required=False, help='e.g. tersoff.'
+        )
+        spec.input(f'{namespace}.parameter_file', valid_type=orm.SinglefileData, required=False)
+
+    @classmethod
+    def validate(
+        cls, inputs: Mapping[str, Any], stage_inputs: Mapping[str, Any], has_model: bool = True
+    ) -> str | None:
+        """An ``lmp`` code, and a model that runs in LAMMPS or a classical pair style."""
+        if 'code' not in stage_inputs:
+            return 'code: the lammps engine needs a code (lmp, plugin lammps.raw)'
+        if not has_model and 'pair_style' not in inputs:
+            return (
+                'lammps.pair_style: give a classical pair style (with lammps.parameter_file) '
+                'or a model'
+            )
+        models = {'model': stage_inputs['model']} if 'model' in stage_inputs else {}
+        models.update({f'models.{k}': v for k, v in (stage_inputs.get('models') or {}).items()})
+        for port, model in sorted(models.items()):
+            problem = export_problem(model)
+            if problem:
+                return f'{port}: {problem}'
+        return None
+
+    def prepare(self) -> list[str]:
+        """One job per run."""
+        self.state['conversions'] = {}
+        return [str(i) for i in range(len(self.plan['frames']))]
+
+    def _potential(self) -> LammpsPotential:
+        """The drawn member as LAMMPS loads it (its stored export), else the classical potential.
+
+        A MACE member without a stored export (made by ``PotentialModel.from_files``) is
+        converted once by the calcfunction :func:`export_lammps_model`; every run then gets that
+        file.
+        """
+        model = self.model
+        if model is None:
+            lammps = self.inputs
+            return classical_potential(lammps['pair_style'].value, lammps.get('parameter_file'))
+        export = None
+        if needs_export(model):
+            if 'lammps_export' not in self.state:
+                node = export_lammps_model(model)
+                self.state['lammps_export'] = node.pk
+                self.process.report(f'converted model <{model.pk}> for LAMMPS: <{node.pk}>')
+            export = orm.load_node(self.state['lammps_export'])
+        device = self.process.inputs.device.value
+        return model_potential(model, lammps_model=export, device=device)
+
+    def submit(self, key: str) -> Any:
+        """The ``lammps.raw`` job of run ``key``; its conversion record is kept for collect."""
+        run = int(key)
+        plan = self.plan
+        frame = plan['frames'][run]
+        atoms = self.process.inputs.structures.get_atoms(frame)
+        settings = self.protocol.lammps_settings(
+            plan['temperatures'][run], plan['pressures_kbar'][run], self.seeds[run]
+        )
+        inputs, conversion = md_inputs(
+            self.process.inputs.code,
+            atoms,
+            self._potential(),
+            settings,
+            run_id=run,
+            source_frame=frame,
+            options=self.options(),
+        )
+        conversion.store()
+        self.state['conversions'][key] = conversion.pk
+        inputs['metadata']['call_link_label'] = f'md_run_{run}'
+        return self.process.submit(CalculationFactory(RAW_PLUGIN), **inputs)
+
+    def collect(self, finished: Mapping[str, Any]) -> Collected:
+        """The frames of every run that finished ok, in run order, as one part."""
+        collected = Collected()
+        good = []
+        for key, node in finished.items():
+            if node.is_finished_ok and 'retrieved' in node.outputs:
+                good.append((node, orm.load_node(self.state['conversions'][key])))
+            else:
+                collected.failures[key] = job_failure(node)
+        if good:
+            frames = collect_frames([n for n, _ in good], [c for _, c in good])
+            collected.parts['0'] = (frames['frames'], frames['summary'])
+        return collected

@@ -1,6 +1,6 @@
 """The ``ase`` labelling engine's pure core: calculator specs and the labelling loop.
 
-No AiiDA here: the CalcJob (:mod:`.ase_calculation`) validates specs with
+No AiiDA here: the CalcJob (:mod:`.calculation`) validates specs with
 :func:`check_calculator_spec` and writes the job's files; the executable
 (:mod:`aiida_trainspot.runners.ase_label`) builds the calculator with
 :func:`make_calculator` and labels the frames with :func:`label_columns`.

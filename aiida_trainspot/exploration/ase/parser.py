@@ -1,7 +1,7 @@
 """``AseMdParser`` (``trainspot.ase.md``): the sampled frames and the run summaries into outputs.
 
 Outputs ``trajectory`` (the sampled frames, unlabelled, with their metadata columns) and
-``summary``; see :class:`.ase_calculation.AseMdCalculation` for both and for the exit codes. When
+``summary``; see :class:`.calculation.AseMdCalculation` for both and for the exit codes. When
 no run sampled a frame the outputs are still attached (an empty ``trajectory``) and the job
 fails with ``ERROR_ALL_RUNS_ABORTED``.
 """
@@ -20,8 +20,8 @@ from aiida_trainspot.data.columns import Columns
 from aiida_trainspot.data.pesdata import PESData
 from aiida_trainspot.data.store import read_shard
 
-from .ase_calculation import SUMMARY_FILE, TRAJECTORY_FILE
-from .md import METADATA_COLUMNS
+from ..md import METADATA_COLUMNS
+from .calculation import SUMMARY_FILE, TRAJECTORY_FILE
 
 __all__ = ('AseMdParser',)
 

@@ -3,7 +3,7 @@
 The job folder gets the frames (``frames.h5``, one shard with the structure only),
 the calculator spec (``calculator.json``) and, for Tersoff, the parameter file; the
 code (the ``trainspot-ase-label`` executable of this package) writes ``labels.h5``,
-which :class:`~aiida_trainspot.labelling.ase_parser.AseLabelParser` turns into the
+which :class:`~aiida_trainspot.labelling.ase.parser.AseLabelParser` turns into the
 ``labelled`` and ``failed`` datasets and a ``summary``. Nothing in the job refers to
 a local absolute path: it runs unchanged on any computer where the package is
 installed (the ``code`` is that computer's ``trainspot-ase-label``).
@@ -21,7 +21,7 @@ from aiida.common.folders import Folder
 from aiida_trainspot.common.runner_job import Copies, RunnerCalculation
 from aiida_trainspot.data.pesdata import PESData
 
-from .ase_engine import (
+from .core import (
     CALCULATOR_FILE,
     FRAMES_FILE,
     LABELS_FILE,

@@ -10,7 +10,7 @@ paths (the job runs unchanged on a remote computer where the package is installe
 
 The code (the ``trainspot-ase-md`` executable of this package,
 :mod:`aiida_trainspot.runners.ase_md`) writes ``trajectory.h5`` and ``summary.json``, which
-:class:`~aiida_trainspot.exploration.ase_parser.AseMdParser` turns into the outputs
+:class:`~aiida_trainspot.exploration.ase.parser.AseMdParser` turns into the outputs
 ``trajectory`` and ``summary``. Ensembles, integrators, abort rules and units:
 :mod:`aiida_trainspot.exploration.md`.
 """
@@ -31,7 +31,7 @@ from aiida_trainspot.data.pesdata import PESData
 from aiida_trainspot.training.loader import DEVICES, ENGINES
 from aiida_trainspot.training.model import PotentialModel
 
-from .md import (
+from ..md import (
     ENGINE,
     METADATA_COLUMNS,
     PRESSURE_UNIT,
