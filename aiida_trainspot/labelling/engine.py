@@ -18,7 +18,7 @@ and summary; a frame is never dropped in silence.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,30 @@ EXIT_STATUS = 'exit_status'
 
 class LabellingEngine(Engine):
     """Base of labelling engines (see the module docstring for the contract)."""
+
+    @classmethod
+    def campaign_settings(
+        cls, inputs: Mapping[str, Any], species: Iterable[str], restored: Any = None
+    ) -> Any:
+        """The settings every labelling of a campaign uses, or None (the engine has none).
+
+        Labels computed with different settings (DFT cutoffs, smearing, k-points) are not on one
+        scale, so a campaign decides them once, before its first labelling, from every species
+        it can contain, and passes them to every labelling (:meth:`with_campaign_settings`).
+        ``inputs``: the engine's namespace of the campaign's labelling inputs; ``restored``: the
+        settings of the run a restart continues. May run a calcfunction (provenance).
+        """
+        return None
+
+    @classmethod
+    def with_campaign_settings(cls, inputs: dict[str, Any], settings: Any) -> dict[str, Any]:
+        """The engine's namespace of a labelling's inputs, with the campaign's settings in."""
+        return inputs
+
+    @classmethod
+    def describe_settings(cls, settings: Any) -> str:
+        """One line for the campaign's report."""
+        return f'labelling settings <{settings.pk}>'
 
     def prepare(self, dataset: PESData) -> list[str]:
         """The keys of the processes that label ``dataset``; keep what ``submit`` needs in state.

@@ -24,12 +24,13 @@ from aiida.engine import ToContext, WorkChain, if_, while_
 from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
 
 from aiida_trainspot.augmentation.workchain import DatasetAugmentationWorkChain
+from aiida_trainspot.common.engines import LABELLING_ENGINES, engine_class
 from aiida_trainspot.data import PESData
 from aiida_trainspot.evaluation.calculation import EvaluationCalculation
 from aiida_trainspot.evaluation.calibration import HELD_OUT_SPLITS, CalibrationSettings
 from aiida_trainspot.evaluation.operations import calibrate_committee, select_for_labelling
 from aiida_trainspot.exploration.workchain import ExplorationWorkChain
-from aiida_trainspot.labelling.qe.settings import decide_dft_settings, settings_arguments
+from aiida_trainspot.labelling.workchain import DEFAULT_ENGINE as DEFAULT_LABELLING_ENGINE
 from aiida_trainspot.labelling.workchain import AbInitioLabellingWorkChain
 from aiida_trainspot.training.model import PotentialModel
 from aiida_trainspot.training.workchain import TrainingWorkChain
@@ -251,8 +252,8 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             'dft_settings',
             valid_type=orm.Dict,
             required=False,
-            help='The DFT settings of every frame the campaign labels with pw.x, decided once '
-            'from every species it can contain (a restart reuses them).',
+            help='The labelling settings of every frame of the campaign (qe engine: the DFT '
+            'settings), decided once from every species it can contain (a restart reuses them).',
         )
         spec.output_namespace(
             'iterations',
@@ -432,34 +433,28 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             f'{len(partition["labelled"])} labelled'
         )
 
-    def _labels_with_qe(self) -> bool:
+    def _labelling_engine(self) -> tuple[str, Any]:
+        """The name and class of the labelling engine of this campaign."""
         labelling = self.inputs.get('labelling', {})
-        engine = labelling['engine'].value if 'engine' in labelling else 'qe'
-        return engine == 'qe' and 'qe' in labelling
+        name = labelling['engine'].value if 'engine' in labelling else DEFAULT_LABELLING_ENGINE
+        return name, engine_class(LABELLING_ENGINES, name)
 
     def _decide_dft_settings(self) -> None:
-        """One set of DFT settings for the whole campaign, from every species it can contain.
+        """One set of labelling settings for the whole campaign, from every species it can contain.
 
-        Given as ``labelling.qe.dft_settings``, restored from ``restart_from``, or decided here
-        from the initial (augmented) frames and the MD starting pool, so that later iterations,
-        whose frames come from MD, are computed exactly like the first.
+        The labelling engine decides them (:meth:`.LabellingEngine.campaign_settings`; the qe
+        engine: given as ``labelling.qe.dft_settings``, restored from ``restart_from``, or decided
+        here from the initial frames and the MD starting pool), so that later iterations, whose
+        frames come from MD, are computed exactly like the first.
         """
-        if not self._labels_with_qe():
-            return
-        qe = self.inputs.labelling.qe
-        if self.ctx.dft_settings is None and 'dft_settings' in qe:
-            self.ctx.dft_settings = qe.dft_settings
+        name, engine = self._labelling_engine()
+        inputs = self.inputs.get('labelling', {}).get(name) or {}
+        species = set(self.ctx.initial.species) | set(checks.campaign_species(self.inputs))
+        self.ctx.dft_settings = engine.campaign_settings(inputs, species, self.ctx.dft_settings)
         if self.ctx.dft_settings is None:
-            species = set(self.ctx.initial.species) | set(checks.campaign_species(self.inputs))
-            self.ctx.dft_settings = decide_dft_settings(
-                **settings_arguments(qe, species), metadata={'call_link_label': 'dft_settings'}
-            )
+            return
         self.out('dft_settings', self.ctx.dft_settings)
-        system = self.ctx.dft_settings['system']
-        self.report(
-            f'DFT settings for {self.ctx.dft_settings["species"]}: ecutwfc {system["ecutwfc"]} '
-            f'Ry, ecutrho {system["ecutrho"]} Ry, protocol {self.ctx.dft_settings["protocol"]}'
-        )
+        self.report(engine.describe_settings(self.ctx.dft_settings))
 
     # ------------------------------------------------------------------ the loop
 
@@ -480,7 +475,10 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
         inputs = AttributeDict(self.exposed_inputs(AbInitioLabellingWorkChain, 'labelling'))
         inputs.dataset = dataset
         if self.ctx.dft_settings is not None:
-            inputs.qe = {**inputs.qe, 'dft_settings': self.ctx.dft_settings}
+            name, engine = self._labelling_engine()
+            inputs[name] = engine.with_campaign_settings(
+                dict(inputs.get(name) or {}), self.ctx.dft_settings
+            )
         inputs.metadata = {'call_link_label': f'{iteration_key(self.ctx.iteration)}_{stage}'}
         return ToContext(**{stage: self.submit(AbInitioLabellingWorkChain, **inputs)})
 

@@ -14,7 +14,7 @@ label.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -243,6 +243,39 @@ class QeEngine(LabellingEngine):
             if message:
                 return f'qe.dft_settings: {message}'
         return None
+
+    @classmethod
+    def campaign_settings(
+        cls, inputs: Mapping[str, Any], species: Iterable[str], restored: Any = None
+    ) -> Any:
+        """One set of DFT settings: restored by a restart, given as ``dft_settings``, or decided.
+
+        Decided from every species the campaign can contain (not only the first frames), so
+        that later iterations, whose frames come from MD, are computed exactly like the first.
+        """
+        if 'pseudo_family' not in inputs:
+            return None
+        if restored is not None:
+            return restored
+        if 'dft_settings' in inputs:
+            return inputs['dft_settings']
+        return decide_dft_settings(
+            **settings_arguments(inputs, species), metadata={'call_link_label': 'dft_settings'}
+        )
+
+    @classmethod
+    def with_campaign_settings(cls, inputs: dict[str, Any], settings: Any) -> dict[str, Any]:
+        """The ``qe`` namespace with ``dft_settings`` set."""
+        return {**inputs, 'dft_settings': settings}
+
+    @classmethod
+    def describe_settings(cls, settings: Any) -> str:
+        """Species, cutoffs and protocol."""
+        system = settings['system']
+        return (
+            f'DFT settings for {settings["species"]}: ecutwfc {system["ecutwfc"]} '
+            f'Ry, ecutrho {system["ecutrho"]} Ry, protocol {settings["protocol"]}'
+        )
 
     def prepare(self, dataset: PESData) -> list[str]:
         """Pad frames short of vacuum, decide the DFT settings unless given, one key per frame."""
