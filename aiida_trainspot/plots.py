@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from aiida_trainspot.common.seeds import derive_rng
 from aiida_trainspot.evaluation.disagreement import LEGACY_ERROR_KIND, errors_of
 
 __all__ = [
@@ -160,7 +161,7 @@ def _thin(n: int, limit: int, seed: int = 0) -> np.ndarray:
     """Indices of at most ``limit`` of ``n`` points (a fixed random subset, in order)."""
     if n <= limit:
         return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+    return np.sort(derive_rng(seed).choice(n, size=limit, replace=False))
 
 
 def _split_names(columns: Any) -> np.ndarray:

@@ -36,6 +36,8 @@ from ase import Atoms
 from ase.build import surface
 from ase.data import atomic_numbers, chemical_symbols
 
+from aiida_trainspot.common.seeds import SEED_LIMIT, derive_rng
+
 from .geometry import (
     check_cell,
     clean_copy,
@@ -101,8 +103,13 @@ AUGMENTATION_KEYS = (
     'alloys',
 )
 
-#: Fixed ``SeedSequence`` spawn keys, one per random augmentation (never renumber them).
+#: Fixed stream tags, one per random augmentation (never renumber them).
 _STREAMS = {'distorted': 0, 'clusters': 1, 'substitutions': 2, 'alloys': 3}
+#: Tags between the seed and the stream tag. The streams were first
+#: ``SeedSequence(seed, spawn_key=(stream, *indices))``, whose entropy NumPy lays out as the seed's
+#: word padded with zeros to its pool size (4 words), then the spawn key: these zeros keep that
+#: layout, so that a seed gives the same augmented dataset as before (seeds below 2**32).
+_SPAWN_KEY_PADDING = (0, 0, 0)
 
 _CLUSTER_BATCH = 16
 
@@ -986,8 +993,7 @@ def validate_frames(
 
 def _stream(seed: int, name: str, *indices: int) -> np.random.Generator:
     """Generator for one augmentation (and input), independent of every other stream."""
-    sequence = np.random.SeedSequence(seed, spawn_key=(_STREAMS[name], *indices))
-    return np.random.default_rng(sequence)
+    return derive_rng(seed, *_SPAWN_KEY_PADDING, _STREAMS[name], *indices)
 
 
 def _finalise(frame: Atoms, vacuum: float) -> Atoms:
@@ -1101,8 +1107,9 @@ def augment(
     ``frame_id`` of the input it descends from, or its index in ``frames`` when it has none.
     """
     params = _coerce_params(params)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f'seed must be a non-negative integer; got {seed!r}')
+    is_integer = isinstance(seed, int | np.integer) and not isinstance(seed, bool)
+    if not is_integer or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f'seed must be an integer in [0, 2**31); got {seed!r}')
     frames = _as_list(frames)
     errors = validate_frames(frames, params)
     if errors:

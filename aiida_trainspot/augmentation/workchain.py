@@ -13,6 +13,7 @@ from typing import Any
 from aiida import orm
 from aiida.engine import WorkChain, calcfunction
 
+from aiida_trainspot.common.validators import validate_seed
 from aiida_trainspot.data import PESData
 
 from .generators import AUGMENTATION_KEYS, augment, validate_frames
@@ -37,12 +38,6 @@ def _validate_parameters(value: orm.Dict | None, _: Any) -> str | None:
     errors = validate_parameters(value.get_dict())
     if errors:
         return 'parameters: ' + '; '.join(errors)
-    return None
-
-
-def _validate_seed(value: orm.Int | None, _: Any) -> str | None:
-    if value is not None and not 0 <= value.value < 2**63:
-        return f'seed: must be a non-negative integer below 2**63, got {value.value}'
     return None
 
 
@@ -90,7 +85,7 @@ class DatasetAugmentationWorkChain(WorkChain):
             'seed',
             valid_type=orm.Int,
             default=lambda: orm.Int(0),
-            validator=_validate_seed,
+            validator=validate_seed,
             help='Seed of every random draw: same inputs and seed give the same frames.',
         )
         spec.inputs.validator = _validate_inputs

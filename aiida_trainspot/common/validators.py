@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .seeds import SEED_LIMIT
+
 Validator = Callable[[Any, Any], 'str | None']
 
 
@@ -34,3 +36,15 @@ def at_least(port: str, minimum: int) -> Validator:
 
     validator.__doc__ = f'``{port}`` is at least {minimum}.'
     return validator
+
+
+def validate_seed(value: Any, _ctx: Any = None) -> str | None:
+    """``seed`` is an integer in [0, 2**31) (:data:`~aiida_trainspot.common.seeds.SEED_LIMIT`).
+
+    One range for every seed port, so that a seed a work chain accepts is one that each of its
+    stages, and every engine they run, accepts as well.
+    """
+    if value is not None and not 0 <= value.value < SEED_LIMIT:
+        limit = f'2**{SEED_LIMIT.bit_length() - 1}'
+        return f'`seed`: must be an integer in [0, {limit}), got {value.value}'
+    return None

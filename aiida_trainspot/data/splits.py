@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from aiida_trainspot.common.seeds import derive_rng
+
 SPLITS = ('train', 'validation', 'test')
 DEFAULT_FRACTIONS = {'train': 0.8, 'validation': 0.1, 'test': 0.1}
 UNASSIGNED = ''
@@ -44,7 +46,7 @@ def assign_splits(
     values = check_fractions(fractions)
     current = np.asarray(current, dtype=object)
     out = current.copy()
-    rng = np.random.default_rng(seed)
+    rng = derive_rng(seed)
     out[(out == UNASSIGNED) & np.asarray(always_train, dtype=bool)] = 'train'
     strata = np.asarray(strata, dtype=object)
     for stratum in sorted(set(strata.tolist()), key=str):

@@ -57,6 +57,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from aiida_trainspot.common.engines import SELECTION_STRATEGIES, registered
+from aiida_trainspot.common.seeds import derive_rng
 from aiida_trainspot.common.settings import nearest_key
 
 from .disagreement import check_n_atoms, frame_offsets, property_arrays
@@ -512,7 +513,7 @@ def paper_strategy(selection: SelectionInput) -> StrategyChoice:
     pool, budget = selection.pool, selection.budget
     if budget is None or pool.size <= budget:
         return StrategyChoice(pool, ('within_budget',) * pool.size)
-    rng = np.random.default_rng(int(selection.seed))
+    rng = derive_rng(selection.seed)
     chosen = rng.choice(pool, size=int(budget), replace=False)
     return StrategyChoice(chosen, ('random_draw',) * chosen.size)
 

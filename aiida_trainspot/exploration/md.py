@@ -83,6 +83,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.neighborlist import neighbor_list
 from ase.optimize import FIRE
 
+from aiida_trainspot.common.seeds import derive_rng
 from aiida_trainspot.data.columns import Columns
 from aiida_trainspot.data.validation import MIN_DISTANCE
 
@@ -438,8 +439,7 @@ def run_rng(seed: int, index: int | None = None) -> np.random.Generator:
     ``index=None``: ``seed`` is the run's own (``MdProtocol.seeds``), so the run draws the same
     numbers whichever job runs it and at whichever position.
     """
-    entropy = int(seed) if index is None else [int(seed), int(index)]
-    return np.random.default_rng(np.random.SeedSequence(entropy))
+    return derive_rng(seed) if index is None else derive_rng(seed, index)
 
 
 def relax(atoms: Atoms, protocol: MdProtocol) -> int:

@@ -16,12 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from aiida_trainspot.common.seeds import derive_rng, derive_seeds
 from aiida_trainspot.common.settings import unknown_keys
 
 #: The lowest target temperature a run gets: a 0 K target has no meaningful runaway bound.
 MIN_TEMPERATURE = 1.0
 #: bar per kbar: the stage's pressures are in kbar, the jobs' (both engines) in bar.
 BAR_PER_KBAR = 1000.0
+#: Run seeds are in [1, MAX_RUN_SEED): LAMMPS' velocity seeds must be positive and below 9e8
+#: (:data:`.lammps_input.MAX_LAMMPS_SEED`), and the ase engine gets the same seed.
+MAX_RUN_SEED = 900_000_000
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,7 @@ def choose_member(labels: Sequence[str], seed: int) -> str:
     ordered = sorted(labels)
     if not ordered:
         raise ValueError('no committee member to choose from')
-    return ordered[int(np.random.default_rng([seed, 1]).integers(len(ordered)))]
+    return ordered[int(derive_rng(seed, 1).integers(len(ordered)))]
 
 
 def as_protocol(protocol: ExplorationProtocol | Mapping[str, Any]) -> ExplorationProtocol:
@@ -250,7 +254,7 @@ def make_plan(
     pool = np.flatnonzero(np.asarray(n_atoms) > 1)
     if pool.size == 0:
         raise ValueError('structures: every frame is a single atom; nothing to explore')
-    rng = np.random.default_rng([seed, 2])
+    rng = derive_rng(seed, 2)
     repeats = -(-n_runs // pool.size)
     frames = np.concatenate([rng.permutation(pool) for _ in range(repeats)])[:n_runs]
     temperatures = _values(protocol.temperatures, protocol.temperature_range, n_runs, rng)
@@ -309,4 +313,4 @@ def run_seeds(seed: int, n: int) -> list[int]:
     Seed ``r`` depends on ``seed`` and ``r`` alone (not on ``n``): more runs leave the first ones'
     seeds as they were.
     """
-    return [int(s) % 899_999_999 + 1 for s in np.random.SeedSequence([seed, 3]).generate_state(n)]
+    return derive_seeds(seed, 3, n=n, low=1, high=MAX_RUN_SEED)

@@ -20,6 +20,7 @@ from aiida.engine import CalcJob
 from aiida.parsers import Parser
 
 from aiida_trainspot.common.runner_job import one_process_options
+from aiida_trainspot.common.validators import validate_seed
 from aiida_trainspot.data import PESData
 
 from .loader import DEVICES, DTYPES
@@ -66,12 +67,6 @@ def _validate_choice(name: str, choices: tuple[str, ...]):
     return validator
 
 
-def _validate_seed(value: orm.Int | None, _: Any) -> str | None:
-    if value is not None and not 0 <= value.value < 2**31:
-        return f'seed: must be in [0, 2**31), got {value.value}'
-    return None
-
-
 class TrainingCalculation(CalcJob):
     """Train one model on labelled datasets (abstract: use an engine subclass)."""
 
@@ -103,7 +98,7 @@ class TrainingCalculation(CalcJob):
             help='Engine configuration (MACE arguments / metatrain options) over the defaults.',
         )
         spec.input(
-            'seed', valid_type=orm.Int, validator=_validate_seed, help='Seed of the training run.'
+            'seed', valid_type=orm.Int, validator=validate_seed, help='Seed of the training run.'
         )
         spec.input(
             'device',

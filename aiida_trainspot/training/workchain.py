@@ -19,6 +19,8 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction
 
+from aiida_trainspot.common.seeds import derive_seeds
+from aiida_trainspot.common.validators import validate_seed
 from aiida_trainspot.data import PESData
 from aiida_trainspot.data.splits import DEFAULT_FRACTIONS, check_fractions
 
@@ -34,15 +36,7 @@ MIN_MEMBERS = 2
 
 def member_seeds(seed: int, size: int) -> list[int]:
     """``size`` distinct seeds in [0, 2**31) derived from one seed (never colliding)."""
-    sequence = np.random.SeedSequence(seed)
-    seeds: list[int] = []
-    while len(seeds) < size:
-        for value in sequence.generate_state(2 * size, dtype=np.uint32):
-            value = int(value) % 2**31
-            if value not in seeds and len(seeds) < size:
-                seeds.append(value)
-        sequence = sequence.spawn(1)[0]
-    return seeds
+    return derive_seeds(seed, n=size, distinct=True)
 
 
 def labelled_split_indices(dataset: PESData) -> dict[str, np.ndarray]:
@@ -213,6 +207,7 @@ class TrainingWorkChain(WorkChain):
             'seed',
             valid_type=orm.Int,
             default=lambda: orm.Int(0),
+            validator=validate_seed,
             help='Seed of the split and members.',
         )
         spec.input(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-import numpy as np
+from aiida_trainspot.common.seeds import derive_seed
 
 #: The stages of one iteration, in order.
 STAGES = ('labelling', 'training', 'exploration', 'evaluation')
@@ -27,13 +27,13 @@ STAGE_CHECKPOINTS = {
 def stage_seed(seed: int, iteration: int, stage: str) -> int:
     """The seed a stage of an iteration draws with: distinct per (seed, iteration, stage).
 
-    Derived with NumPy's SeedSequence, so it does not depend on how many draws earlier stages
-    made, and a restarted campaign gets the same seeds as an uninterrupted one.
+    Derived with NumPy's SeedSequence (:func:`~aiida_trainspot.common.seeds.derive_seed`), so it
+    does not depend on how many draws earlier stages made, and a restarted campaign gets the same
+    seeds as an uninterrupted one.
     """
     if stage not in _STAGE_IDS:
         raise ValueError(f'unknown stage {stage!r}; known: {sorted(_STAGE_IDS)}')
-    state = np.random.SeedSequence([int(seed), int(iteration), _STAGE_IDS[stage]])
-    return int(state.generate_state(1, dtype=np.uint32)[0] % 2**31)
+    return derive_seed(seed, iteration, _STAGE_IDS[stage])
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
 
 from aiida_trainspot.augmentation.workchain import DatasetAugmentationWorkChain
 from aiida_trainspot.common.engines import LABELLING_ENGINES, engine_class
+from aiida_trainspot.common.validators import validate_seed
 from aiida_trainspot.data import PESData
 from aiida_trainspot.evaluation.calculation import EvaluationCalculation
 from aiida_trainspot.evaluation.calibration import HELD_OUT_SPLITS, CalibrationSettings
@@ -138,7 +139,13 @@ class TrainsPotWorkChain(ProtocolMixin, WorkChain):
             'whose labelling failed in the runs it continues (so fixed settings recover them), '
             'before the next training. False: leave them out.',
         )
-        spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0), help='Seeds all draws.')
+        spec.input(
+            'seed',
+            valid_type=orm.Int,
+            default=lambda: orm.Int(0),
+            validator=validate_seed,
+            help='Seeds all draws (an integer in [0, 2**31)).',
+        )
         spec.input(
             'max_iterations',
             valid_type=orm.Int,
