@@ -31,6 +31,7 @@ from aiida_trainspot.common.engines import (
     engine_class,
     registered,
 )
+from aiida_trainspot.common.validators import validate_seed
 from aiida_trainspot.data import PESData
 from aiida_trainspot.training.model import PotentialModel
 
@@ -152,7 +153,11 @@ class ExplorationWorkChain(WorkChain):
             "over the runs); checked at submission with the MD jobs' own validation.",
         )
         spec.input(
-            'seed', valid_type=orm.Int, default=lambda: orm.Int(0), help='Seed of every draw.'
+            'seed',
+            valid_type=orm.Int,
+            default=lambda: orm.Int(0),
+            validator=validate_seed,
+            help='Seed of every draw.',
         )
         spec.input(
             'max_concurrent', valid_type=orm.Int, default=lambda: orm.Int(4), help='Jobs in flight.'

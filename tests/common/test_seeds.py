@@ -23,6 +23,8 @@ from aiida_trainspot.common.seeds import (
 )
 from aiida_trainspot.common.validators import validate_seed
 from aiida_trainspot.exploration import md, plan
+from aiida_trainspot.exploration.ase.calculation import AseMdCalculation
+from aiida_trainspot.exploration.workchain import ExplorationWorkChain
 from aiida_trainspot.training.mace.calculation import MaceTrainCalculation
 from aiida_trainspot.training.metatrain.calculation import MetatrainTrainCalculation
 from aiida_trainspot.training.workchain import TrainingWorkChain, member_seeds
@@ -194,6 +196,8 @@ def test_validator_bounds():
         TrainingWorkChain,
         MaceTrainCalculation,
         MetatrainTrainCalculation,
+        ExplorationWorkChain,
+        AseMdCalculation,
     ],
 )
 def test_seed_ports_refuse_out_of_range_seeds_in_the_builder(process):

@@ -275,7 +275,7 @@ def _tilted_slab():
         ({'parameters': {'temperatures': -5, 'steps': 10}}, r"`parameters`: 'temperatures'"),
         ({'parameters': {'temperatures': 300, 'steps': 5, 'sample_interval': 10}}, 'no frame'),
         ({'parameters': {'temperatures': [1, 2, 3], 'steps': 10}}, r"`parameters`: 'temper"),
-        ({'seed': -1}, r'`seed`: must be between 0'),
+        ({'seed': -1}, r'`seed`: must be an integer in \[0, 2\*\*31\)'),
         (
             {'parameters': {'temperatures': 300, 'steps': 10, 'seeds': [1, 2]}, 'seed': 3},
             r'`seed`: 3 is given together with per-run `parameters.seeds`',

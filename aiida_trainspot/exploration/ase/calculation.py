@@ -26,7 +26,7 @@ from aiida import orm
 from aiida.common.folders import Folder
 
 from aiida_trainspot.common.runner_job import Copies, RunnerCalculation
-from aiida_trainspot.common.validators import one_of
+from aiida_trainspot.common.validators import one_of, validate_seed
 from aiida_trainspot.data.pesdata import PESData
 from aiida_trainspot.training.loader import DEVICES, ENGINES
 from aiida_trainspot.training.model import PotentialModel
@@ -48,7 +48,6 @@ CONFIG_FILE = 'md.json'
 TRAJECTORY_FILE = 'trajectory.h5'
 SUMMARY_FILE = 'summary.json'
 MODEL_FOLDER = 'model'
-_MAX_SEED = 2**63 - 1
 _MAX_REPORTED = 5
 
 
@@ -78,13 +77,6 @@ def validate_parameters(value: orm.Dict | None, _ctx=None) -> str | None:
         MdProtocol.from_dict(value.get_dict())
     except ProtocolError as exc:
         return f'`parameters`: {exc}'
-    return None
-
-
-def validate_seed(value: orm.Int | None, _ctx=None) -> str | None:
-    """A non-negative 64-bit integer."""
-    if value is not None and not 0 <= value.value <= _MAX_SEED:
-        return f'`seed`: must be between 0 and {_MAX_SEED}, got {value.value}'
     return None
 
 
