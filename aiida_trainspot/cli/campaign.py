@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -41,6 +42,8 @@ CONFIG_KEYS = frozenset(
         'overrides',
     }
 )
+#: The calibration's file beside the exported models (``export --models DIR``).
+CALIBRATION_FILE = 'calibration.json'
 EXAMPLES = Path(__file__).resolve().parents[2] / 'examples'
 
 
@@ -333,7 +336,11 @@ def write_plots(node: Any, out: Path) -> list[Path]:
 
 
 def export_run(node: Any, dataset_file: Path | None, models_dir: Path | None) -> list[str]:
-    """Write the labelled dataset (extxyz, REF_ keys) and the committee's model files."""
+    """Write the labelled dataset (extxyz, REF_ keys) and the committee's model files.
+
+    With the models goes the run's last calibration, as ``models_dir/calibration.json``
+    (``Calibration.to_dict``), for :class:`aiida_trainspot.calculator.CommitteeCalculator`.
+    """
     lines = []
     if dataset_file is not None:
         if 'dataset' not in node.outputs:
@@ -353,6 +360,10 @@ def export_run(node: Any, dataset_file: Path | None, models_dir: Path | None) ->
                     f'model {label} <{model.pk}> not exported: {_one_line(exception)}'
                 ) from None
             lines.append(f'{label}: {paths["model"]}')
+        if 'calibration' in node.outputs:  # what CommitteeCalculator reads for its uncertainty
+            path = models_dir / CALIBRATION_FILE
+            path.write_text(json.dumps(node.outputs.calibration.get_dict(), indent=2))
+            lines.append(f'calibration: {path}')
     return lines
 
 
