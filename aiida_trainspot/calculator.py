@@ -59,7 +59,12 @@ from aiida_trainspot.evaluation.disagreement import (
 )
 from aiida_trainspot.evaluation.inference import MemberPredictions, predict_member
 
-__all__ = ['CommitteeCalculator', 'as_calibration', 'per_atom_force_disagreement']
+__all__ = [
+    'CommitteeCalculator',
+    'as_calibration',
+    'deployed_members',
+    'per_atom_force_disagreement',
+]
 
 
 def as_calibration(calibration: Any) -> Calibration | None:
@@ -238,13 +243,57 @@ class CommitteeCalculator(Calculator):
 
         :param pk_or_node: the work chain's node, PK or UUID.
         """
-        from aiida_trainspot.cli.campaign import last_checkpoint, load_run
+        from aiida_trainspot.cli.campaign import load_run
+        from aiida_trainspot.workflows.trainspot import final_committee
 
         node = pk_or_node if hasattr(pk_or_node, 'outputs') else load_run(str(pk_or_node))
-        models, calibration = _campaign_committee(node, last_checkpoint)
+        try:
+            models, calibration, notes = final_committee(node)
+        except ValueError as exception:
+            raise ValueError(str(exception).replace('run <', 'campaign <', 1)) from None
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
         return cls.from_models(
-            models, calibration=calibration, device=device, dtype=dtype, member=member
+            [models[label] for label in sorted(models)],
+            calibration=calibration,
+            device=device,
+            dtype=dtype,
+            member=member,
         )
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        device: str = 'cpu',
+        dtype: str | None = None,
+        member: int | None = None,
+    ) -> CommitteeCalculator:
+        """The committee of a deployed folder (``aiida-trainspot deploy PK --out DIR``).
+
+        Reads the folder's ``committee.json`` (:data:`MANIFEST_FILE`: each member's engine,
+        model file, extensions folder and dtype, and the calibration file). A folder without
+        one, such as ``aiida-trainspot export --models DIR`` writes, is read member by member:
+        each ``member_*`` folder holds one model file (``*.model``: MACE; ``*.pt``: metatrain)
+        and maybe ``extensions/``, and ``calibration.json`` beside them is the calibration.
+
+        :param dtype: default: each member's own (``float64`` without a manifest).
+        """
+        from aiida_trainspot.training.loader import load_calculator
+
+        folder = Path(folder)
+        members, calibration = deployed_members(folder)
+        calculators = [
+            load_calculator(
+                entry['engine'],
+                folder / entry['model'],
+                device=device,
+                dtype=dtype or entry.get('dtype') or 'float64',
+                extensions_dir=folder / entry['extensions'] if entry.get('extensions') else None,
+            )
+            for entry in members
+        ]
+        return cls(calculators, calibration=calibration, member=member)
 
     # ------------------------------------------------------------------ calculation
 
@@ -325,31 +374,53 @@ def _uncertainty_results(
     return results
 
 
-# ----------------------------------------------------------------------------- campaigns
+# ----------------------------------------------------------------------------- deployed folders
+
+#: The manifest of a deployed committee (``aiida-trainspot deploy``), read by ``from_folder``.
+MANIFEST_FILE = 'committee.json'
+#: The calibration's file in a deployed or exported folder (:meth:`Calibration.to_dict`).
+CALIBRATION_FILE = 'calibration.json'
+#: The suffix of a MACE model's LAMMPS export (``mace_create_lammps_model``).
+_MACE_LAMMPS_SUFFIX = '-lammps.pt'
 
 
-def _campaign_committee(node: Any, last_checkpoint: Any) -> tuple[list[Any], Any]:
-    """(models in label order, calibration ``Dict`` or None) of a campaign node."""
-    from aiida_trainspot.workflows.trainspot import iteration_checkpoints
+def deployed_members(folder: str | Path) -> tuple[list[dict[str, Any]], Path | None]:
+    """(members, calibration file or None) of a deployed or exported committee folder.
 
-    outputs = node.outputs
-    models = (
-        dict(outputs.models.items()) if 'models' in outputs else last_checkpoint(node, 'models')
-    )
-    if not models:
-        raise ValueError(f'campaign <{node.pk}> has trained no committee yet')
-    calibration = outputs.calibration if 'calibration' in outputs else None
-    if calibration is None:
-        calibration = last_checkpoint(node, 'calibration')
-    iterations = iteration_checkpoints(node).get('iterations', {})
-    trained = [key for key in sorted(iterations) if 'models' in iterations[key]]
-    calibrated = [key for key in sorted(iterations) if 'calibration' in iterations[key]]
-    if calibration is None:
-        warnings.warn(f'campaign <{node.pk}> has no calibration: no uncertainty', stacklevel=3)
-    elif trained and calibrated and calibrated[-1] < trained[-1]:
-        warnings.warn(
-            f'campaign <{node.pk}>: the last calibration ({calibrated[-1]}) was fitted for an '
-            f'earlier committee than the last one trained ({trained[-1]})',
-            stacklevel=3,
+    Each member is ``{'engine', 'model', 'extensions', 'dtype'}`` with paths relative to
+    ``folder``; see :meth:`CommitteeCalculator.from_folder`.
+
+    :raises ValueError: naming the folder, when it holds no committee.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f'{folder}: no such folder')
+    manifest = folder / MANIFEST_FILE
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        calibration = data.get('calibration')
+        return list(data['members']), folder / calibration if calibration else None
+    members = []
+    for sub in sorted(p for p in folder.glob('member_*') if p.is_dir()):
+        models = sorted(sub.glob('*.model'))
+        engine = 'mace'
+        if not models:
+            engine = 'metatrain'
+            models = sorted(p for p in sub.glob('*.pt') if not p.name.endswith(_MACE_LAMMPS_SUFFIX))
+        if len(models) != 1:
+            raise ValueError(
+                f'{sub}: expected one model file (*.model or *.pt), found {len(models)}'
+            )
+        extensions = sub / 'extensions'
+        members.append(
+            {
+                'engine': engine,
+                'model': str(models[0].relative_to(folder)),
+                'extensions': str(extensions.relative_to(folder)) if extensions.is_dir() else None,
+                'dtype': None,
+            }
         )
-    return [models[label] for label in sorted(models)], calibration
+    if not members:
+        raise ValueError(f'{folder}: no {MANIFEST_FILE} and no member_* folder: not a committee')
+    calibration = folder / CALIBRATION_FILE
+    return members, calibration if calibration.is_file() else None

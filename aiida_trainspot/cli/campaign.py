@@ -178,8 +178,12 @@ def run_foreground(builder: Any) -> Any:
     return process.node
 
 
-def load_run(identifier: str) -> Any:
-    """The TrainsPotWorkChain node with PK or UUID ``identifier``."""
+#: Entry points of the work chains a command takes, and their names in messages.
+RUN_KINDS = {'trainspot.trainspot': 'TrainsPotWorkChain', 'trainspot.training': 'TrainingWorkChain'}
+
+
+def load_run(identifier: str, kinds: tuple[str, ...] = ('trainspot.trainspot',)) -> Any:
+    """The TrainsPotWorkChain node (or one of ``kinds``) with PK or UUID ``identifier``."""
     from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
@@ -188,9 +192,11 @@ def load_run(identifier: str) -> Any:
         node = orm.load_node(int(identifier) if identifier.isdigit() else identifier)
     except (NotExistent, MultipleObjectsError, ValueError):
         raise click.ClickException(f'no node with PK or UUID {identifier}') from None
-    if not (node.process_type or '').endswith('trainspot.trainspot'):
+    process_type = getattr(node, 'process_type', None) or ''
+    if not any(process_type.endswith(kind) for kind in kinds):
+        expected = ' or '.join(RUN_KINDS.get(kind, kind) for kind in kinds)
         raise click.ClickException(
-            f'node {node.pk} is not a TrainsPotWorkChain (it is a {type(node).__name__})'
+            f'node {node.pk} is not a {expected} (it is a {type(node).__name__})'
         )
     return node
 
@@ -209,13 +215,9 @@ def records_of(node: Any) -> list[dict[str, Any]]:
 
 def last_checkpoint(node: Any, name: str) -> Any:
     """The latest ``iterations.<it>.<name>`` output of a run, or None."""
-    from aiida_trainspot.workflows.trainspot import iteration_checkpoints
+    from aiida_trainspot.workflows.trainspot import last_checkpoint as latest
 
-    iterations = iteration_checkpoints(node).get('iterations', {})
-    for key in sorted(iterations, reverse=True):
-        if name in iterations[key]:
-            return iterations[key][name]
-    return None
+    return latest(node, name)
 
 
 def _cell(value: Any) -> str:
@@ -350,21 +352,35 @@ def export_run(node: Any, dataset_file: Path | None, models_dir: Path | None) ->
     if models_dir is not None:
         if 'models' not in node.outputs:
             raise click.ClickException(f'run {node.pk} has no committee output (yet)')
-        from aiida_trainspot.data.paths import path_inside, plain_filename
-
-        for label, model in sorted(node.outputs.models.items()):
-            try:  # the folder and file names come from the nodes: none may leave models_dir
-                paths = model.export(path_inside(models_dir, plain_filename(label, 'models')))
-            except ValueError as exception:
-                raise click.ClickException(
-                    f'model {label} <{model.pk}> not exported: {_one_line(exception)}'
-                ) from None
+        for label, _, paths in write_models(dict(node.outputs.models.items()), models_dir):
             lines.append(f'{label}: {paths["model"]}')
         if 'calibration' in node.outputs:  # what CommitteeCalculator reads for its uncertainty
-            path = models_dir / CALIBRATION_FILE
-            path.write_text(json.dumps(node.outputs.calibration.get_dict(), indent=2))
+            path = write_calibration(node.outputs.calibration, models_dir)
             lines.append(f'calibration: {path}')
     return lines
+
+
+def write_models(models: dict[str, Any], models_dir: Path) -> list[tuple[str, Any, dict]]:
+    """Export each model into ``models_dir/<label>/``: ``(label, model, paths)`` by label."""
+    from aiida_trainspot.data.paths import path_inside, plain_filename
+
+    written = []
+    for label, model in sorted(models.items()):
+        try:  # the folder and file names come from the nodes: none may leave models_dir
+            paths = model.export(path_inside(models_dir, plain_filename(label, 'models')))
+        except ValueError as exception:
+            raise click.ClickException(
+                f'model {label} <{model.pk}> not exported: {_one_line(exception)}'
+            ) from None
+        written.append((label, model, paths))
+    return written
+
+
+def write_calibration(calibration: Any, folder: Path) -> Path:
+    """Write a calibration ``Dict`` as ``folder/calibration.json`` (``Calibration.to_dict``)."""
+    path = folder / CALIBRATION_FILE
+    path.write_text(json.dumps(calibration.get_dict(), indent=2))
+    return path
 
 
 @click.command('run')

@@ -57,6 +57,52 @@ def iteration_checkpoints(node: orm.ProcessNode) -> dict[str, Any]:
     return node.base.links.get_outgoing(link_type=LinkType.RETURN).nested()
 
 
+def last_checkpoint(node: orm.ProcessNode, name: str) -> Any:
+    """The latest ``iterations.<it>.<name>`` output of a run, or None."""
+    iterations = iteration_checkpoints(node).get('iterations', {})
+    for key in sorted(iterations, reverse=True):
+        if name in iterations[key]:
+            return iterations[key][name]
+    return None
+
+
+def final_committee(
+    node: orm.ProcessNode,
+) -> tuple[dict[str, PotentialModel], orm.Dict | None, list[str]]:
+    """(models by label, calibration ``Dict`` or None, notes) of a run's final committee.
+
+    The committee is the ``models`` output or, for a run that has not finished, the latest
+    ``iterations.<it>.models`` checkpoint; the calibration is the ``calibration`` output, else
+    the latest checkpoint. The notes say when there is no calibration, or when it was fitted
+    for an earlier committee than the one returned (e.g. a run stopped between training and
+    evaluation). Works on a ``TrainingWorkChain`` too (its ``models``; no calibration).
+
+    :raises ValueError: when the run has trained no committee yet.
+    """
+    outputs = node.outputs
+    models = (
+        dict(outputs.models.items()) if 'models' in outputs else last_checkpoint(node, 'models')
+    )
+    if not models:
+        raise ValueError(f'run <{node.pk}> has trained no committee yet')
+    models = dict(models)
+    calibration = outputs.calibration if 'calibration' in outputs else None
+    if calibration is None:
+        calibration = last_checkpoint(node, 'calibration')
+    iterations = iteration_checkpoints(node).get('iterations', {})
+    trained = [key for key in sorted(iterations) if 'models' in iterations[key]]
+    calibrated = [key for key in sorted(iterations) if 'calibration' in iterations[key]]
+    notes = []
+    if calibration is None:
+        notes.append(f'run <{node.pk}> has no calibration: no uncertainty')
+    elif trained and calibrated and calibrated[-1] < trained[-1]:
+        notes.append(
+            f'run <{node.pk}>: the last calibration ({calibrated[-1]}) was fitted for an '
+            f'earlier committee than the last one trained ({trained[-1]})'
+        )
+    return models, calibration, notes
+
+
 def outstanding_failures(iterations: dict[int, dict[str, Any]], up_to: int) -> list[PESData]:
     """The frames of iterations ``<= up_to`` whose labelling failed and that no retry took.
 
