@@ -84,6 +84,8 @@ from .setup import setup  # noqa: E402
 cli.add_command(setup)
 from .campaign import example, export, plot, run, status  # noqa: E402
 from .data import data  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
 
 for command in (run, status, plot, export, example, data):
     cli.add_command(command)
+cli.add_command(evaluate)
