@@ -820,3 +820,44 @@ def poisoned_evaluate_code(code_factory, tmp_path):
         return code_factory(f'poisoned-{tmp_path.name}', str(executable), 'trainspot.evaluation')
 
     return factory
+
+
+# --------------------------------------------------------------------------------------------------
+# A stand-in TrainsPotWorkChain: a stored node with a campaign's output links (committee and
+# calibration), for ``CommitteeCalculator.from_campaign`` and the commands that load a campaign.
+
+
+def fake_campaign_node(models, calibration, final=True, uncalibrated_iteration=False):
+    """A stored TrainsPotWorkChain-like node returning ``models`` and ``calibration``."""
+    from aiida import orm
+    from aiida.common.links import LinkType
+
+    node = orm.WorkflowNode()
+    node.set_process_type('aiida.workflows:trainspot.trainspot')
+    node.store()
+    calibration_node = orm.Dict(calibration.to_dict()).store()
+    links = {f'iterations__iteration_01__models__{k}': m for k, m in models.items()}
+    links['iterations__iteration_01__calibration'] = calibration_node
+    if uncalibrated_iteration:
+        links.update({f'iterations__iteration_02__models__{k}': m for k, m in models.items()})
+    if final:
+        links.update({f'models__{k}': m for k, m in models.items()})
+        links['calibration'] = calibration_node
+    for label, target in links.items():
+        target.base.links.add_incoming(node, LinkType.RETURN, label)
+    return node
+
+
+@pytest.fixture
+def fake_campaign(aiida_profile):
+    """:func:`fake_campaign_node`, ``(models, calibration, final=True, ...) -> node``."""
+    return fake_campaign_node
+
+
+@pytest.fixture
+def tiny_mace_committee(aiida_profile, tiny_committee_files):
+    """The tiny MACE committee as stored ``PotentialModel`` nodes, ``{'member_<i>': model}``."""
+    return {
+        f'member_{i}': _tiny_potential_model(member, 'mace')
+        for i, member in enumerate(tiny_committee_files['mace'])
+    }

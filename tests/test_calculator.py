@@ -302,28 +302,9 @@ def test_real_mace_members_from_files(tiny_committee_files, labelled_carbon_fram
         assert math.isfinite(results[f'{name}_uncertainty'])
 
 
-def _fake_campaign(models, calibration, final=True, uncalibrated_iteration=False):
-    """A stored TrainsPotWorkChain-like node returning ``models`` and ``calibration``."""
-    from aiida import orm
-    from aiida.common.links import LinkType
-
-    node = orm.WorkflowNode()
-    node.set_process_type('aiida.workflows:trainspot.trainspot')
-    node.store()
-    calibration_node = orm.Dict(calibration.to_dict()).store()
-    links = {f'iterations__iteration_01__models__{k}': m for k, m in models.items()}
-    links['iterations__iteration_01__calibration'] = calibration_node
-    if uncalibrated_iteration:
-        links.update({f'iterations__iteration_02__models__{k}': m for k, m in models.items()})
-    if final:
-        links.update({f'models__{k}': m for k, m in models.items()})
-        links['calibration'] = calibration_node
-    for label, target in links.items():
-        target.base.links.add_incoming(node, LinkType.RETURN, label)
-    return node
-
-
-def test_from_models_and_from_campaign(aiida_profile, tiny_committee_files, calibration, tmp_path):
+def test_from_models_and_from_campaign(
+    aiida_profile, tiny_committee_files, calibration, tmp_path, fake_campaign
+):
     from aiida_trainspot.cli.campaign import export_run
     from aiida_trainspot.training.model import PotentialModel
 
@@ -349,9 +330,9 @@ def test_from_models_and_from_campaign(aiida_profile, tiny_committee_files, cali
     expected = dict(direct.results)
 
     by_models = CommitteeCalculator.from_models(list(models.values()), calibration=calibration)
-    node = _fake_campaign(models, calibration)
+    node = fake_campaign(models, calibration)
     by_campaign = CommitteeCalculator.from_campaign(node.pk)
-    later = CommitteeCalculator.from_campaign(_fake_campaign(models, calibration, final=False))
+    later = CommitteeCalculator.from_campaign(fake_campaign(models, calibration, final=False))
     # the folder `aiida-trainspot export --models DIR` writes is a deployable committee
     folder = tmp_path / 'models'
     lines = export_run(node, None, folder)
@@ -367,6 +348,6 @@ def test_from_models_and_from_campaign(aiida_profile, tiny_committee_files, cali
             key = f'{name}_uncertainty'
             assert committee.results[key] == pytest.approx(expected[key], rel=1e-10)
         committee.close()
-    stale = _fake_campaign(models, calibration, final=False, uncalibrated_iteration=True)
+    stale = fake_campaign(models, calibration, final=False, uncalibrated_iteration=True)
     with pytest.warns(UserWarning, match='earlier committee'):
         CommitteeCalculator.from_campaign(stale).close()

@@ -85,6 +85,7 @@ cli.add_command(setup)
 from .campaign import example, export, plot, run, status  # noqa: E402
 from .data import data  # noqa: E402
 from .deploy import deploy  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
 
-for command in (run, status, plot, export, deploy, example, data):
+for command in (run, status, plot, export, deploy, evaluate, example, data):
     cli.add_command(command)
