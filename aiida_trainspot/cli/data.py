@@ -88,6 +88,28 @@ def data() -> None:
     """Labelled datasets (PESData): import, show and export."""
 
 
+def read_frames(path: Path, file_format: str | None = None) -> list[Any]:
+    """Every frame of ``path``; bad input: one-line ClickException."""
+    if not path.is_file():
+        raise click.ClickException(f'no such file: {path}')
+    from ase.io import read
+    from ase.io.formats import UnknownFileTypeError
+
+    try:
+        frames = read(str(path), index=':', format=file_format)
+    except UnknownFileTypeError as exception:
+        raise click.ClickException(
+            f'ASE cannot tell or does not know the format of {path} ({_one_line(exception)}); '
+            'name one with --format, e.g. extxyz'
+        ) from None
+    except Exception as exception:
+        raise click.ClickException(f'cannot read {path} with ASE: {_one_line(exception)}') from None
+    frames = frames if isinstance(frames, list) else [frames]
+    if not frames:
+        raise click.ClickException(f'{path} holds no frames')
+    return frames
+
+
 @data.command('import')
 @click.argument('file', type=click.Path(dir_okay=False, path_type=Path))
 @click.option('-L', '--label', default=None, help='Label of the new node.')
@@ -116,24 +138,7 @@ def data_import(
 
     Every frame of FILE, in any format ASE reads, goes into one stored PESData.
     """
-    if not file.is_file():
-        raise click.ClickException(f'no such file: {file}')
-    from ase.io import read
-    from ase.io.formats import UnknownFileTypeError
-
-    try:
-        frames = read(str(file), index=':', format=file_format)
-    except UnknownFileTypeError as exception:
-        raise click.ClickException(
-            f'ASE cannot tell or does not know the format of {file} ({_one_line(exception)}); '
-            'name one with --format, e.g. extxyz'
-        ) from None
-    except Exception as exception:
-        raise click.ClickException(f'cannot read {file} with ASE: {_one_line(exception)}') from None
-    if not isinstance(frames, list):
-        frames = [frames]
-    if not frames:
-        raise click.ClickException(f'{file} holds no frames')
+    frames = read_frames(file, file_format)
     from aiida_trainspot.data import PESData
 
     _load_profile()  # an unstored node needs the profile too

@@ -31,7 +31,7 @@ from typing import Any
 import click
 import numpy as np
 
-from .data import PREFIX_HELP, _label_keys, _one_line
+from .data import PREFIX_HELP, _label_keys, _one_line, read_frames
 
 PROPERTIES = ('energy', 'forces', 'stress')
 #: Short names of the properties in the table.
@@ -39,28 +39,6 @@ SHORT = {'energy': 'E', 'forces': 'F', 'stress': 'S'}
 #: Files written under ``--out``.
 XYZ_FILE, CSV_FILE, PLOT_FILE = 'predictions.xyz', 'predictions.csv', 'error_bars.png'
 _MILLI = 1000.0
-
-
-def read_frames(path: Path, file_format: str | None = None) -> list[Any]:
-    """Every frame of ``path``; bad input: one-line ClickException."""
-    if not path.is_file():
-        raise click.ClickException(f'no such file: {path}')
-    from ase.io import read
-    from ase.io.formats import UnknownFileTypeError
-
-    try:
-        frames = read(str(path), index=':', format=file_format)
-    except UnknownFileTypeError as exception:
-        raise click.ClickException(
-            f'ASE cannot tell or does not know the format of {path} ({_one_line(exception)}); '
-            'name one with --format, e.g. extxyz'
-        ) from None
-    except Exception as exception:
-        raise click.ClickException(f'cannot read {path} with ASE: {_one_line(exception)}') from None
-    frames = frames if isinstance(frames, list) else [frames]
-    if not frames:
-        raise click.ClickException(f'{path} holds no frames')
-    return frames
 
 
 def _float(value: Any) -> float:
