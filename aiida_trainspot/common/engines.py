@@ -50,22 +50,21 @@ def registered(group: str) -> dict[str, Any]:
     once; with two targets it is an error, as is a target that cannot be imported: a stage
     must not silently run with a different engine than the one a user installed.
     """
-    targets: dict[str, str] = {}
+    points: dict[str, Any] = {}
     for point in entry_points(group=group):
-        if targets.get(point.name, point.value) != point.value:
+        known = points.setdefault(point.name, point)
+        if known.value != point.value:
             raise EngineLoadError(
-                f'{group}: {point.name!r} is registered twice, as {targets[point.name]!r} and '
+                f'{group}: {point.name!r} is registered twice, as {known.value!r} and '
                 f'{point.value!r}; uninstall one of the packages'
             )
-        targets[point.name] = point.value
     found = {}
-    for name in sorted(targets):
-        point = next(p for p in entry_points(group=group) if p.name == name)
+    for name in sorted(points):
         try:
-            found[name] = point.load()
+            found[name] = points[name].load()
         except Exception as exception:
             raise EngineLoadError(
-                f'{group}: {name!r} = {point.value!r} cannot be loaded '
+                f'{group}: {name!r} = {points[name].value!r} cannot be loaded '
                 f'({type(exception).__name__}: {exception})'
             ) from exception
     return found
